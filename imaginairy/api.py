@@ -1,0 +1,128 @@
+"""imagine() and imagine_image_files(): turn prompts into results and files."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from imaginairy.schema import ImaginePrompt, ImagineResult
+
+logger = logging.getLogger(__name__)
+
+PRECISION_DTYPES = {"full": "float32", "autocast": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def imagine(
+    prompts: ImaginePrompt | str | Iterable[ImaginePrompt | str],
+    *,
+    device=None,
+    progress_callback=None,
+    cancel_event: threading.Event | None = None,
+    model_cache=None,
+) -> Iterator[ImagineResult]:
+    """Yield one ImagineResult per prompt, loading (and switching) models as the prompts name them.
+
+    `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
+    generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
+    """
+    from imaginairy.pipeline import generate
+    from imaginairy.utils.devices import default_device
+
+    device = device or default_device()
+    cache = model_cache if model_cache is not None else default_model_cache()
+    for prompt in normalize_prompts(prompts):
+        logger.info("Generating 🖼 : %s", prompt_summary(prompt))
+        model = load_model(prompt, device, cache)
+        yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event)
+
+
+def imagine_image_files(
+    prompts: ImaginePrompt | str | Iterable[ImaginePrompt | str],
+    outdir: str | Path,
+    *,
+    output_file_extension: str = "jpg",
+    show_progress: bool = True,
+    **imagine_kwargs,
+) -> list[Path]:
+    """Generate every prompt and save each image under `outdir/generated/`, never overwriting a file."""
+    from imaginairy.utils.outputs import prepare_outdir, save_result
+
+    generated_dir = prepare_outdir(Path(outdir) / "generated")
+    paths = []
+    callback = imagine_kwargs.pop("progress_callback", None)
+    with ProgressBar(show_progress, callback) as progress:
+        for result in imagine(prompts, progress_callback=progress, **imagine_kwargs):
+            path = save_result(result, generated_dir, extension=output_file_extension)
+            logger.info("    saved to %s", path)
+            paths.append(path)
+    return paths
+
+
+def normalize_prompts(prompts) -> list[ImaginePrompt]:
+    if isinstance(prompts, (str, ImaginePrompt)):
+        prompts = [prompts]
+    return [p if isinstance(p, ImaginePrompt) else ImaginePrompt(p) for p in prompts]
+
+
+def prompt_summary(prompt: ImaginePrompt) -> str:
+    text = " | ".join(p.text if p.weight == 1 else f"{p.text}:{p.weight}" for p in prompt.prompts)
+    size = f"{prompt.width}x{prompt.height}px" if prompt.width and prompt.height else "default size"
+    return (
+        f'"{text}" {size} seed:{prompt.seed} prompt-strength:{prompt.prompt_strength} '
+        f"steps:{prompt.steps} sampler-type:{prompt.sampler_type}"
+    )
+
+
+def load_model(prompt: ImaginePrompt, device, cache):
+    import torch
+
+    from imaginairy.models.loading import load_diffusion_model
+    from imaginairy.models.registry import resolve_model
+
+    spec = resolve_model(prompt.model, prompt.model_config)
+    dtype = getattr(torch, PRECISION_DTYPES[prompt.precision])
+    key = (spec.weights, str(spec.config_path), str(device), dtype)
+    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype))
+
+
+@functools.lru_cache(maxsize=1)
+def default_model_cache():
+    """The process-wide model cache: models stay loaded while they fit in half of the machine's memory."""
+    import psutil
+
+    from imaginairy.models.cache import ModelCache
+
+    return ModelCache(max_bytes=psutil.virtual_memory().total // 2)
+
+
+class ProgressBar:
+    """A tqdm bar per image, fed by the sampler's progress callback, passing the call on to `inner`."""
+
+    def __init__(self, enabled: bool, inner=None):
+        self.enabled = enabled
+        self.inner = inner
+        self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close()
+
+    def __call__(self, step, total, latents):
+        if self.enabled:
+            from tqdm import tqdm
+
+            if self._bar is None or self._bar.total != total or step < self._bar.n:
+                self._close()
+                self._bar = tqdm(total=total, unit="step", leave=False)
+            self._bar.update(step - self._bar.n)
+        return self.inner(step, total, latents) if self.inner else None
+
+    def _close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,90 @@
+"""The `imagine` command: prompts in, image files out."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import click
+
+from imaginairy.cli.errors import reported_errors
+from imaginairy.schema import PRECISIONS, SAMPLER_TYPES, ImaginePrompt
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImaginePrompt)}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@click.command(context_settings={"help_option_names": ["--help"]})
+@click.argument("prompt_texts", nargs=-1, metavar="PROMPT...")
+@click.option("--negative-prompt", help="What the image should not show.")
+@click.option("--prompt-strength", type=float, default=DEFAULTS["prompt_strength"], show_default=True,
+              help="How closely to follow the prompt (classifier-free guidance scale).")
+@click.option("--init-image", help="Start from this image (a path or an http(s) URL) instead of pure noise.")
+@click.option("--init-image-strength", type=float, default=DEFAULTS["init_image_strength"], show_default=True,
+              help="How much of the init image to keep: 0 ignores it, 1 returns it unchanged.")
+@click.option("--outdir", default="./outputs", show_default=True, type=click.Path(file_okay=False),
+              help="Where to write the images (into OUTDIR/generated).")
+@click.option("-r", "--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many images to make of each prompt (with --seed: seeds SEED, SEED+1, ...).")
+@click.option("-h", "--height", type=int, help="Image height in pixels, a multiple of 8 [default: the model's].")
+@click.option("-w", "--width", type=int, help="Image width in pixels, a multiple of 8 [default: the model's].")
+@click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
+@click.option("--seed", type=int, help="Random seed, 0 <= SEED < 2**64 [default: random].")
+@click.option("--sampler-type", type=click.Choice(SAMPLER_TYPES), default=DEFAULTS["sampler_type"],
+              show_default=True, help="The sampling algorithm.")
+@click.option("--ddim-eta", type=float, default=DEFAULTS["ddim_eta"], show_default=True,
+              help="Noise added per DDIM step (0 = deterministic DDIM).")
+@click.option("--tile", "tile_mode", flag_value="xy", help="Make an image that tiles in both directions.")
+@click.option("--tile-x", "tile_mode", flag_value="x", help="Make an image that tiles left to right.")
+@click.option("--tile-y", "tile_mode", flag_value="y", help="Make an image that tiles top to bottom.")
+@click.option("--model", default=DEFAULTS["model"], show_default=True,
+              help="A model name (see README) or the path of a .safetensors/.ckpt file.")
+@click.option("--model-config", type=click.Path(dir_okay=False),
+              help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,
+              help="Number format of the computation.")
+@click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
+def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, outdir, repeats,
+                height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
+                output_file_extension, log_level, quiet):
+    """Make images from text PROMPTs with Stable Diffusion, on this machine.
+
+    \b
+    imagine "a scenic landscape" "a photo of a dog"
+    imagine --init-image photo.jpg --init-image-strength 0.4 "an oil painting"
+    """
+    configure_logging("WARNING" if quiet else log_level)
+    if not prompt_texts:
+        raise click.UsageError('give at least one prompt, e.g. imagine "a scenic landscape"')
+    with reported_errors():
+        prompts = [
+            ImaginePrompt(
+                text,
+                negative_prompt=negative_prompt,
+                prompt_strength=prompt_strength,
+                init_image=init_image,
+                init_image_strength=init_image_strength,
+                seed=None if seed is None else seed + repeat,
+                steps=steps,
+                width=width,
+                height=height,
+                sampler_type=sampler_type,
+                ddim_eta=ddim_eta,
+                tile_mode=tile_mode or "",
+                model=model,
+                model_config=model_config,
+                precision=precision,
+            )
+            for text in prompt_texts
+            for repeat in range(repeats)
+        ]
+        from imaginairy.api import imagine_image_files
+
+        imagine_image_files(prompts, outdir, output_file_extension=output_file_extension, show_progress=not quiet)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("imaginairy").setLevel(level.upper())

@@ -1,0 +1,41 @@
+"""Exceptions users can catch.
+
+`InvalidInputError` and its subclasses mean the request itself is wrong (the CLI exits with code 2);
+every other `ImaginAIryError` is a failure while carrying out a valid request (the CLI exits with code 1).
+"""
+
+
+class ImaginAIryError(Exception):
+    """Base class of every error imaginairy raises on purpose."""
+
+
+class InvalidInputError(ImaginAIryError, ValueError):
+    """A setting, prompt or file given by the user cannot be used as it is."""
+
+
+class ImageLoadError(InvalidInputError):
+    """An input image is missing, unreadable or not an image."""
+
+
+class ModelNotFoundError(InvalidInputError):
+    """A model name is not in the registry and is not a path to a weights file."""
+
+
+class ImageDownloadError(ImaginAIryError):
+    """An image URL could not be fetched."""
+
+
+class ModelLoadError(ImaginAIryError):
+    """A weights file is corrupt or does not fit the architecture it is loaded into."""
+
+
+class WeightsUnavailableError(ModelLoadError):
+    """A weights file could not be downloaded and is not in the local cache."""
+
+
+class OutputWriteError(ImaginAIryError):
+    """An output file could not be written."""
+
+
+class GenerationCancelled(ImaginAIryError):
+    """Generation was stopped by a cancel event or a progress callback before it finished."""

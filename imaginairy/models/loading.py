@@ -1,0 +1,77 @@
+"""Loading a latent diffusion model: weights file + architecture config -> LatentDiffusion on a device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from imaginairy.errors import ModelLoadError
+from imaginairy.models.registry import CONFIGS_DIR, ModelSpec
+from imaginairy.models.weights import load_state_dict, resolve_weights
+from imaginairy.modules.diffusion import TEXT_ENCODERS, LatentDiffusion, build_latent_diffusion
+
+logger = logging.getLogger(__name__)
+
+COMPONENT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def load_model_config(path: str | Path) -> dict:
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        params = config["model"]["params"]
+        target = params["cond_stage_config"]["target"].rsplit(".", 1)[-1]
+        params["unet_config"]["params"], params["first_stage_config"]["params"]["ddconfig"]
+    except Exception as e:
+        raise ModelLoadError(f"model config {path} is not a CompVis-style model config: {e}") from e
+    if target not in TEXT_ENCODERS:
+        raise ModelLoadError(f"model config {path}: text encoder {target!r} is not supported ({', '.join(TEXT_ENCODERS)})")
+    return config
+
+
+def infer_config_path(state_dict: dict, weights_name: str) -> Path:
+    """Pick the architecture family from the weights: text encoder kind and UNet input channels (9 = inpainting).
+
+    Whether an SD 2 model predicts v or epsilon cannot be seen in its weights: files named like the 768px v model
+    (containing "768") are taken as v prediction; for others give the config explicitly.
+    """
+    if UNET_IN_KEY not in state_dict:
+        raise ModelLoadError(f"{weights_name} is not a Stable Diffusion checkpoint (no {UNET_IN_KEY})")
+    inpainting = state_dict[UNET_IN_KEY].shape[1] == 9
+    if any(k.startswith("cond_stage_model.model.") for k in state_dict):
+        if inpainting:
+            name = "sd-v2-inpainting"
+        else:
+            name = "sd-v2-v" if "768" in weights_name else "sd-v2"
+    elif any(k.startswith("cond_stage_model.transformer.") for k in state_dict):
+        name = "sd-v1-inpainting" if inpainting else "sd-v1"
+    else:
+        raise ModelLoadError(f"{weights_name}: unrecognised text encoder weights; pass --model-config with its yaml")
+    logger.info("architecture of %s inferred as %s", weights_name, name)
+    return CONFIGS_DIR / f"{name}.yaml"
+
+
+def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LatentDiffusion:
+    weights_path = resolve_weights(spec.weights)
+    state_dict = load_state_dict(weights_path)
+    config_path = spec.config_path or infer_config_path(state_dict, weights_path.name)
+    config = load_model_config(config_path)
+    model = build_latent_diffusion(config)
+    component_weights = {k: v for k, v in state_dict.items() if k.startswith(COMPONENT_PREFIXES)}
+    try:
+        model.load_state_dict(component_weights, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(
+            f"{weights_path.name} does not fit the architecture in {Path(config_path).name} "
+            f"({_first_line_of_mismatch(e)}); pass --model-config with the matching config"
+        ) from e
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _first_line_of_mismatch(error: RuntimeError) -> str:
+    details = str(error).split("\n", 1)[-1].strip()
+    return details.split(". ")[0][:300]

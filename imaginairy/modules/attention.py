@@ -1,0 +1,126 @@
+"""The UNet's spatial transformer: self- and cross-attention over the pixels of a feature map.
+
+Parameter names follow the CompVis `ldm.modules.attention` layout (to_q/to_k/to_v/to_out.0, ff.net.0.proj,
+ff.net.2, norm1..3, proj_in/proj_out) so Stable Diffusion checkpoints load unchanged.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imaginairy.modules.layers import group_norm
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of `x` [B, N, query_dim] over `context` [B, M, context_dim] (itself when None)."""
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner_dim, bias=False)
+        # to_out.1 was a dropout layer in training; only the linear layer at index 0 holds weights.
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim)])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        batch, tokens, _ = x.shape
+        q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        k = self.to_k(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out[0](out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: one projection to twice the width, half of it gating the other half."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return F.gelu(gate).mul_(value)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward with a 4x hidden width. `net.1` was dropout in training and holds no weights."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        inner_dim = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner_dim), nn.Identity(), nn.Linear(inner_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention to the text context, then feed-forward; each with a residual."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, heads, dim_head, context_dim=context_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        h = self.attn1(self.norm1(x))
+        x = h.add_(x)
+        h = self.attn2(self.norm2(x), context)
+        x = h.add_(x)
+        h = self.ff(self.norm3(x))
+        return h.add_(x)
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the H*W positions of a [B, C, H, W] feature map, added back as a residual.
+
+    SD 1.x projects in and out with 1x1 convolutions, SD 2.x (`use_linear`) with linear layers after flattening.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int = 1,
+        context_dim: int | None = None,
+        use_linear: bool = False,
+    ):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = group_norm(in_channels, eps=1e-6)
+        if use_linear:
+            self.proj_in = nn.Linear(in_channels, inner_dim)
+            self.proj_out = nn.Linear(inner_dim, in_channels)
+        else:
+            self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
+            self.proj_out = nn.Conv2d(inner_dim, in_channels, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(inner_dim, heads, dim_head, context_dim) for _ in range(depth)]
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        h = self.norm(x)
+        if not self.use_linear:
+            h = self.proj_in(h)
+        h = h.flatten(2).transpose(1, 2)
+        if self.use_linear:
+            h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        if self.use_linear:
+            h = self.proj_out(h)
+        h = h.transpose(1, 2).reshape(batch, -1, height, width)
+        if not self.use_linear:
+            h = self.proj_out(h)
+        return h.add_(x)

@@ -1,0 +1,178 @@
+"""Text encoders that turn prompts into the conditioning the UNet cross-attends to.
+
+- `CLIPTextEncoder` (SD 1.x): OpenAI CLIP ViT-L/14 text tower as a Hugging Face `CLIPTextModel`; its state-dict
+  keys are the checkpoint's `cond_stage_model.transformer.text_model.*`.
+- `OpenCLIPTextEncoder` (SD 2.x): OpenCLIP ViT-H/14 text tower; its state-dict keys are the checkpoint's
+  `cond_stage_model.model.*`.
+
+Both take the CompVis config params (`cond_stage_config.params`) as constructor arguments and compute exactly
+what CompVis `FrozenCLIPEmbedder` / Stability `FrozenOpenCLIPEmbedder` compute.
+"""
+
+import math
+
+import torch
+from open_clip.transformer import LayerNorm, Transformer
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from imaginairy.modules.tokenizer import CONTEXT_LENGTH, SD1_PAD_TOKEN, SD2_PAD_TOKEN, tokenize
+
+CLIP_LAYERS = ("last", "hidden")
+OPENCLIP_LAYERS = ("last", "penultimate")
+
+# Older transformers versions saved this buffer; the SD 1.x checkpoints written with them still carry it.
+LEGACY_POSITION_IDS_KEY = "transformer.text_model.embeddings.position_ids"
+
+
+def drop_legacy_position_ids(module, state_dict, prefix, *unused_load_args):
+    """Load-state-dict pre-hook: forget the saved `position_ids` buffer, the model builds its own.
+
+    Some merged checkpoints carry damaged (float-rounded) position ids, so the stored copy is never used.
+    """
+    state_dict.pop(prefix + LEGACY_POSITION_IDS_KEY, None)
+
+
+class CLIPTextEncoder(nn.Module):
+    """SD 1.x text encoder: prompts -> CLIP hidden states [batch, 77, hidden_size].
+
+    layer="last" returns the final-layer-norm output (`last_hidden_state`); layer="hidden" returns
+    `hidden_states[layer_idx]` without the final layer norm, as CompVis FrozenCLIPEmbedder does
+    (layer_idx=-2 is the penultimate layer, "clip skip").
+
+    State dicts load strictly with or without the legacy `transformer.text_model.embeddings.position_ids` key.
+    """
+
+    pad_token = SD1_PAD_TOKEN
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_position_embeddings: int = CONTEXT_LENGTH,
+        vocab_size: int = 49408,
+        hidden_act: str = "quick_gelu",
+        layer: str = "last",
+        layer_idx: int | None = None,
+        version=None,
+        device=None,
+        max_length=None,
+        freeze=None,
+    ):
+        super().__init__()
+        if layer not in CLIP_LAYERS:
+            raise ValueError(f"CLIP text encoder layer must be one of {CLIP_LAYERS}, not {layer!r}.")
+        if layer == "hidden" and (layer_idx is None or abs(layer_idx) > num_hidden_layers):
+            raise ValueError(
+                f"CLIP text encoder layer='hidden' needs layer_idx between -{num_hidden_layers} "
+                f"and {num_hidden_layers}, got {layer_idx!r}."
+            )
+        self.layer = layer
+        self.layer_idx = layer_idx
+        self.context_length = max_position_embeddings
+        config = CLIPTextConfig(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            vocab_size=vocab_size,
+            hidden_act=hidden_act,
+            attn_implementation="sdpa",
+        )
+        self.transformer = CLIPTextModel(config)
+        self.register_load_state_dict_pre_hook(drop_legacy_position_ids)
+
+    def encode_tokens(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        """Token ids [batch, 77] -> hidden states [batch, 77, hidden_size]."""
+        want_hidden = self.layer == "hidden"
+        outputs = self.transformer(input_ids=token_ids, output_hidden_states=want_hidden)
+        if want_hidden:
+            return outputs.hidden_states[self.layer_idx]
+        return outputs.last_hidden_state
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        device = self.transformer.text_model.embeddings.token_embedding.weight.device
+        token_ids = tokenize(texts, pad_token=self.pad_token, max_length=self.context_length)
+        return self.encode_tokens(token_ids.to(device))
+
+
+class OpenCLIPTextTower(nn.Module):
+    """The text half of an OpenCLIP model, named exactly like the checkpoint's `cond_stage_model.model.*`.
+
+    `text_projection` and `logit_scale` are unused for conditioning; they exist so real checkpoints load strictly.
+    """
+
+    def __init__(self, width, layers, heads, context_length, vocab_size, output_dim, mlp_ratio):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.transformer = Transformer(width=width, layers=layers, heads=heads, mlp_ratio=mlp_ratio)
+        self.ln_final = LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, output_dim))
+        self.logit_scale = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=self.token_embedding.embedding_dim**-0.5)
+        nn.init.constant_(self.logit_scale, math.log(1 / 0.07))
+
+
+def causal_attention_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive mask [length, length]: 0 where a token may attend (itself and earlier tokens), -inf after."""
+    return torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu_(1)
+
+
+class OpenCLIPTextEncoder(nn.Module):
+    """SD 2.x text encoder: prompts -> OpenCLIP hidden states [batch, 77, width].
+
+    As Stability's FrozenOpenCLIPEmbedder: token + positional embedding, the residual blocks under a causal mask
+    (all of them for layer="last", all but the last for layer="penultimate"), then the final layer norm.
+    """
+
+    pad_token = SD2_PAD_TOKEN
+
+    def __init__(
+        self,
+        width: int = 1024,
+        layers: int = 24,
+        heads: int = 16,
+        context_length: int = CONTEXT_LENGTH,
+        vocab_size: int = 49408,
+        output_dim: int = 1024,
+        mlp_ratio: float = 4.0,
+        layer: str = "penultimate",
+        arch=None,
+        version=None,
+        device=None,
+        max_length=None,
+        freeze=None,
+    ):
+        super().__init__()
+        if layer not in OPENCLIP_LAYERS:
+            raise ValueError(f"OpenCLIP text encoder layer must be one of {OPENCLIP_LAYERS}, not {layer!r}.")
+        self.layer = layer
+        self.context_length = context_length
+        self.model = OpenCLIPTextTower(width, layers, heads, context_length, vocab_size, output_dim, mlp_ratio)
+
+    def encode_tokens(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        """Token ids [batch, 77] -> hidden states [batch, 77, width]."""
+        model = self.model
+        length = token_ids.shape[1]
+        x = model.token_embedding(token_ids) + model.positional_embedding[:length]
+        mask = causal_attention_mask(length, x.dtype, x.device)
+        blocks = model.transformer.resblocks
+        if self.layer == "penultimate":
+            blocks = blocks[:-1]
+        for block in blocks:
+            x = block(x, attn_mask=mask)
+        return model.ln_final(x)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        device = self.model.token_embedding.weight.device
+        token_ids = tokenize(texts, pad_token=self.pad_token, max_length=self.context_length)
+        return self.encode_tokens(token_ids.to(device))

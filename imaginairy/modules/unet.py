@@ -1,0 +1,194 @@
+"""The Stable Diffusion denoising UNet, in the CompVis `openaimodel.UNetModel` parameter layout.
+
+Built from the `unet_config.params` of a CompVis model config, so SD 1.x / 2.x checkpoints (`model.diffusion_model.*`)
+load with strict=True. forward(x, timesteps, context) returns the model's prediction (noise or v) for latents x.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imaginairy.errors import ModelLoadError
+from imaginairy.modules.attention import SpatialTransformer
+from imaginairy.modules.layers import TileableConv2d, group_norm, timestep_embedding
+
+# CompVis options that would change the architecture; only their defaults are supported.
+UNSUPPORTED_CONFIG_DEFAULTS = {
+    "dims": 2,
+    "num_classes": None,
+    "use_scale_shift_norm": False,
+    "resblock_updown": False,
+    "conv_resample": True,
+    "num_heads_upsample": -1,
+    "disable_self_attentions": None,
+    "num_attention_blocks": None,
+    "adm_in_channels": None,
+}
+
+
+def check_unet_config(ignored_config: dict) -> None:
+    for key, default in UNSUPPORTED_CONFIG_DEFAULTS.items():
+        if key in ignored_config and ignored_config[key] != default:
+            raise ModelLoadError(
+                f"UNet config sets {key}={ignored_config[key]!r}, which imaginairy does not support; "
+                f"use a Stable Diffusion 1.x/2.x config"
+            )
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with the timestep embedding added in between, plus a (projected) skip connection."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            group_norm(channels), nn.SiLU(inplace=True), TileableConv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        # out_layers.2 was dropout in training; the Identity keeps the checkpoint index of the conv at 3.
+        self.out_layers = nn.Sequential(
+            group_norm(out_channels),
+            nn.SiLU(inplace=True),
+            nn.Identity(),
+            TileableConv2d(out_channels, out_channels, 3, padding=1),
+        )
+        if channels == out_channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv2d(channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h += self.emb_layers(emb)[:, :, None, None]
+        h = self.out_layers(h)
+        return h.add_(self.skip_connection(x))
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = TileableConv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution (nearest neighbour), then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = TileableConv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class TimestepBlock(nn.ModuleList):
+    """One UNet stage: a sequence of ResBlock / SpatialTransformer / Down- or Upsample layers."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        model_channels: int,
+        attention_resolutions,
+        num_res_blocks: int,
+        channel_mult=(1, 2, 4, 8),
+        num_heads: int = -1,
+        num_head_channels: int = -1,
+        context_dim: int | None = None,
+        transformer_depth: int = 1,
+        use_linear_in_transformer: bool = False,
+        **ignored_config,
+    ):
+        super().__init__()
+        check_unet_config(ignored_config)
+        if (num_heads == -1) == (num_head_channels == -1):
+            raise ModelLoadError("UNet config must set exactly one of num_heads and num_head_channels")
+        self.model_channels = model_channels
+        attention_resolutions = set(attention_resolutions)
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
+        )
+
+        def attention_layer(channels: int) -> SpatialTransformer:
+            if num_head_channels == -1:
+                heads, dim_head = num_heads, channels // num_heads
+            else:
+                heads, dim_head = channels // num_head_channels, num_head_channels
+            return SpatialTransformer(
+                channels, heads, dim_head, transformer_depth, context_dim, use_linear_in_transformer
+            )
+
+        self.input_blocks = nn.ModuleList([TimestepBlock([TileableConv2d(in_channels, model_channels, 3, padding=1)])])
+        skip_channels = [model_channels]
+        channels = model_channels
+        downsampling = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(channels, time_embed_dim, model_channels * mult)]
+                channels = model_channels * mult
+                if downsampling in attention_resolutions:
+                    layers.append(attention_layer(channels))
+                self.input_blocks.append(TimestepBlock(layers))
+                skip_channels.append(channels)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepBlock([Downsample(channels)]))
+                skip_channels.append(channels)
+                downsampling *= 2
+
+        self.middle_block = TimestepBlock(
+            [
+                ResBlock(channels, time_embed_dim, channels),
+                attention_layer(channels),
+                ResBlock(channels, time_embed_dim, channels),
+            ]
+        )
+
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for index in range(num_res_blocks + 1):
+                layers = [ResBlock(channels + skip_channels.pop(), time_embed_dim, model_channels * mult)]
+                channels = model_channels * mult
+                if downsampling in attention_resolutions:
+                    layers.append(attention_layer(channels))
+                if level and index == num_res_blocks:
+                    layers.append(Upsample(channels))
+                    downsampling //= 2
+                self.output_blocks.append(TimestepBlock(layers))
+
+        self.out = nn.Sequential(
+            group_norm(channels), nn.SiLU(inplace=True), TileableConv2d(model_channels, out_channels, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x: latents [B, in_channels, H, W] in the model dtype; timesteps: [B] (or scalar), may be fractional;
+        context: text embeddings [B, tokens, context_dim] in the model dtype."""
+        timesteps = timesteps.expand(x.shape[0]) if timesteps.ndim == 0 else timesteps
+        time_features = timestep_embedding(timesteps, self.model_channels)
+        emb = self.time_embed(time_features.to(self.time_embed[0].weight.dtype))
+
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        return self.out(h)

@@ -1,0 +1,478 @@
+"""The user-facing data: what to generate (`ImaginePrompt`) and what came out (`ImagineResult`).
+
+The CLI imports this module at start-up, so it imports no heavy library (PIL, numpy, torch) at the top:
+those are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import numbers
+import os
+import secrets
+from typing import TYPE_CHECKING, Any, Union
+
+from imaginairy.errors import ImageLoadError, InvalidInputError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+SAMPLER_TYPES = (
+    "plms",
+    "ddim",
+    "k_lms",
+    "k_euler",
+    "k_euler_a",
+    "k_heun",
+    "k_dpm_2",
+    "k_dpm_2_a",
+    "k_dpmpp_2m",
+    "k_dpmpp_2s_a",
+    "k_dpmpp_sde",
+    "k_dpm_fast",
+    "k_dpm_adaptive",
+)
+TILE_MODES = ("", "x", "y", "xy")
+PRECISIONS = ("full", "autocast", "bf16", "fp16")
+
+SEED_LIMIT = 2**64
+RANDOM_SEED_LIMIT = 2**32
+MAX_STEPS = 1000
+MAX_PROMPT_STRENGTH = 100.0
+MIN_SIDE = 64
+MAX_SIDE = 4096
+SIZE_MULTIPLE = 8
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedPrompt:
+    """A piece of prompt text and how strongly it steers the image.
+
+    A negative weight makes the text a negative prompt (steers away from it); a weight of 0 is not allowed.
+    """
+
+    text: str
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.text, str):
+            raise InvalidInputError(f"Prompt text must be a string, got {self.text!r}.")
+        if not _is_real(self.weight) or not math.isfinite(self.weight) or self.weight == 0:
+            raise InvalidInputError(
+                f"Prompt weight must be a non-zero finite number, got {self.weight!r} for prompt {self.text!r}."
+            )
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "weight": float(self.weight)}
+
+
+class LazyLoadingImage:
+    """An input image given as a file path, a URL or a PIL image, loaded on first use.
+
+    Loading honours the EXIF orientation and converts to RGB; the alpha channel of an image with transparency
+    stays available as `.alpha` / `.as_rgba()`. A file path is checked to exist when the object is made, so a
+    bad path fails before any model loads.
+    """
+
+    def __init__(self, *, filepath: str | Path | None = None, url: str | None = None, img: Image.Image | None = None):
+        given = [name for name, value in (("filepath", filepath), ("url", url), ("img", img)) if value is not None]
+        if len(given) != 1:
+            raise InvalidInputError(
+                f"LazyLoadingImage needs exactly one of filepath, url or img; got {', '.join(given) or 'none'}."
+            )
+        self.filepath = os.fspath(filepath) if filepath is not None else None
+        self.url = url
+        self._rgb: Image.Image | None = None
+        self._alpha: Image.Image | None = None
+        if self.filepath is not None:
+            _check_image_path(self.filepath)
+        if url is not None and not (isinstance(url, str) and url.lower().startswith(("http://", "https://"))):
+            raise InvalidInputError(f"Image URL must start with http:// or https://, got {url!r}.")
+        if img is not None:
+            self._set_image(_check_pil_image(img))
+
+    @property
+    def source(self) -> str:
+        """Where the image comes from: its path, its URL, or "<PIL image>"."""
+        return self.filepath or self.url or "<PIL image>"
+
+    def as_pil(self) -> Image.Image:
+        """The image as an RGB PIL image (loads it on first call)."""
+        self._load()
+        return self._rgb
+
+    @property
+    def alpha(self) -> Image.Image | None:
+        """The alpha channel ("L" mode) if the image has transparency, else None."""
+        self._load()
+        return self._alpha
+
+    def as_rgba(self) -> Image.Image:
+        """The image as RGBA: its own alpha channel, or fully opaque if it has none."""
+        rgba = self.as_pil().convert("RGBA")
+        if self._alpha is not None:
+            rgba.putalpha(self._alpha)
+        return rgba
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.as_pil().size
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    def __repr__(self) -> str:
+        return f"LazyLoadingImage({self.source!r})"
+
+    def _load(self) -> None:
+        if self._rgb is not None:
+            return
+        if self.filepath is not None:
+            self._set_image(_open_image_file(self.filepath))
+        else:
+            self._set_image(_open_image_url(self.url))
+
+    def _set_image(self, img: Image.Image) -> None:
+        from PIL import ImageOps
+
+        try:
+            img = ImageOps.exif_transpose(img)
+            self._alpha = img.convert("RGBA").getchannel("A") if img.has_transparency_data else None
+            self._rgb = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageLoadError(f"Cannot read image {self.source}: {_reason(e)}.") from e
+
+
+def _check_image_path(filepath: str) -> None:
+    if not os.path.exists(filepath):
+        raise ImageLoadError(f"Image file not found: {filepath}")
+    if os.path.isdir(filepath):
+        raise ImageLoadError(f"Image path is a directory, not an image file: {filepath}")
+
+
+def _check_pil_image(img: Any) -> Image.Image:
+    from PIL import Image
+
+    if not isinstance(img, Image.Image):
+        raise ImageLoadError(f"img must be a PIL image, got {type(img).__name__}.")
+    return img
+
+
+def _decode_image(opener, source: str) -> Image.Image:
+    from PIL import Image
+
+    try:
+        img = opener()
+        img.load()
+    except FileNotFoundError as e:
+        raise ImageLoadError(f"Image file not found: {source}") from e
+    except IsADirectoryError as e:
+        raise ImageLoadError(f"Image path is a directory, not an image file: {source}") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageLoadError(f"Not an image file (unknown or unsupported format): {source}") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"Cannot read image {source}: {_reason(e)}.") from e
+    return img
+
+
+def _open_image_file(filepath: str) -> Image.Image:
+    from PIL import Image
+
+    return _decode_image(lambda: Image.open(filepath), filepath)
+
+
+def _open_image_url(url: str) -> Image.Image:
+    import io
+
+    from PIL import Image
+
+    from imaginairy.utils.downloads import fetch_url_bytes
+
+    data = fetch_url_bytes(url)
+    return _decode_image(lambda: Image.open(io.BytesIO(data)), url)
+
+
+def _reason(error: BaseException) -> str:
+    return (getattr(error, "strerror", None) or str(error) or type(error).__name__).rstrip(".")
+
+
+PromptInput = Union[str, WeightedPrompt, list, tuple, None]
+
+
+@dataclasses.dataclass
+class ImaginePrompt:
+    """Everything that decides one generated image. Defaults are defined here and nowhere else.
+
+    After construction, `prompt` and `negative_prompt` are lists of `WeightedPrompt` with positive weights
+    (prompt texts given a negative weight are moved to `negative_prompt`); each list holds at least one entry,
+    `WeightedPrompt("")` meaning "unconditional". `init_image` is a `LazyLoadingImage` or None, `seed` an int.
+    """
+
+    prompt: PromptInput = None
+    negative_prompt: PromptInput = None
+    prompt_strength: float = 7.5
+    init_image: Any = None
+    init_image_strength: float = 0.2
+    seed: int | None = None
+    steps: int = 40
+    width: int | None = None
+    height: int | None = None
+    sampler_type: str = "k_dpmpp_2m"
+    ddim_eta: float = 0.0
+    tile_mode: str = ""
+    model: str = "sd-1.5"
+    model_config: str | None = None
+    precision: str = "full"
+
+    def __post_init__(self):
+        positive, negative_from_prompt = _split_by_sign(_weighted_prompts(self.prompt, "prompt"))
+        negative_given = _weighted_prompts(self.negative_prompt, "negative_prompt")
+        if any(wp.weight < 0 for wp in negative_given):
+            raise InvalidInputError(
+                "negative_prompt weights must be positive (they already steer away from the text); "
+                f"got {[wp.weight for wp in negative_given]}."
+            )
+        self.prompt = _non_empty(positive)
+        self.negative_prompt = _non_empty(negative_given + negative_from_prompt)
+        self.prompt_strength = _check_prompt_strength(self.prompt_strength)
+        self.init_image = _as_lazy_image(self.init_image)
+        self.init_image_strength = _check_unit_interval(self.init_image_strength, "init_image_strength")
+        self.seed = _check_seed(self.seed)
+        self.steps = _check_steps(self.steps)
+        self.width = _check_side(self.width, "width")
+        self.height = _check_side(self.height, "height")
+        self.sampler_type = _check_choice(self.sampler_type, "sampler_type", SAMPLER_TYPES)
+        self.ddim_eta = _check_ddim_eta(self.ddim_eta)
+        self.tile_mode = _check_choice(self.tile_mode, "tile_mode", TILE_MODES)
+        self.model = _check_model(self.model)
+        self.model_config = _check_model_config(self.model_config)
+        self.precision = _check_choice(self.precision, "precision", PRECISIONS)
+
+    @property
+    def prompts(self) -> list[WeightedPrompt]:
+        """The positive prompts (weights > 0); `[WeightedPrompt("")]` when there is none."""
+        return self.prompt
+
+    @property
+    def negative_prompts(self) -> list[WeightedPrompt]:
+        """The negative prompts with positive weights; `[WeightedPrompt("")]` when there is none."""
+        return self.negative_prompt
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default value of every field, by field name (what the CLI shows and uses)."""
+        return {field.name: field.default for field in dataclasses.fields(cls)}
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The settings needed to reproduce this prompt, as plain JSON-compatible data."""
+        return {
+            "prompt": [wp.as_dict() for wp in self.prompt],
+            "negative_prompt": [wp.as_dict() for wp in self.negative_prompt],
+            "prompt_strength": self.prompt_strength,
+            "init_image": self.init_image.source if self.init_image is not None else None,
+            "init_image_strength": self.init_image_strength,
+            "seed": self.seed,
+            "steps": self.steps,
+            "width": self.width,
+            "height": self.height,
+            "sampler_type": self.sampler_type,
+            "ddim_eta": self.ddim_eta,
+            "tile_mode": self.tile_mode,
+            "model": self.model,
+            "model_config": self.model_config,
+            "precision": self.precision,
+        }
+
+
+def _weighted_prompts(value: PromptInput, field: str) -> list[WeightedPrompt]:
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    prompts = []
+    for item in items:
+        if isinstance(item, str):
+            item = WeightedPrompt(item)
+        elif isinstance(item, dict):
+            item = WeightedPrompt(**item)
+        elif not isinstance(item, WeightedPrompt):
+            raise InvalidInputError(
+                f"{field} must be a string, a WeightedPrompt or a list of them; got {type(item).__name__} {item!r}."
+            )
+        prompts.append(WeightedPrompt(item.text.strip(), item.weight))
+    return prompts
+
+
+def _split_by_sign(prompts: list[WeightedPrompt]) -> tuple[list[WeightedPrompt], list[WeightedPrompt]]:
+    positive = [wp for wp in prompts if wp.weight > 0]
+    negative = [WeightedPrompt(wp.text, -wp.weight) for wp in prompts if wp.weight < 0]
+    return positive, negative
+
+
+def _non_empty(prompts: list[WeightedPrompt]) -> list[WeightedPrompt]:
+    with_text = [wp for wp in prompts if wp.text]
+    return with_text or [WeightedPrompt("")]
+
+
+def _check_prompt_strength(value: Any) -> float:
+    if not _is_real(value) or not math.isfinite(value) or not 0 <= value <= MAX_PROMPT_STRENGTH:
+        raise InvalidInputError(
+            f"prompt_strength (CFG scale) must be a number from 0 to {MAX_PROMPT_STRENGTH:g}, got {value!r}."
+        )
+    return float(value)
+
+
+def _check_unit_interval(value: Any, field: str) -> float:
+    if not _is_real(value) or not 0 <= value <= 1:
+        raise InvalidInputError(f"{field} must be a number from 0 to 1, got {value!r}.")
+    return float(value)
+
+
+def _check_seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(RANDOM_SEED_LIMIT)
+    if not _is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise InvalidInputError(f"seed must be an integer from 0 to 2**64 - 1, got {value!r}.")
+    return int(value)
+
+
+def _check_steps(value: Any) -> int:
+    if not _is_int(value) or not 1 <= value <= MAX_STEPS:
+        raise InvalidInputError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {value!r}.")
+    return int(value)
+
+
+def _check_side(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not MIN_SIDE <= value <= MAX_SIDE:
+        raise InvalidInputError(
+            f"{field} must be a whole number of pixels from {MIN_SIDE} to {MAX_SIDE}, got {value!r}."
+        )
+    rounded = int(value) // SIZE_MULTIPLE * SIZE_MULTIPLE
+    if rounded != value:
+        logger.warning("%s %d is not a multiple of %d; using %d.", field, value, SIZE_MULTIPLE, rounded)
+    return rounded
+
+
+def _check_choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        shown = ", ".join(repr(choice) for choice in allowed)
+        raise InvalidInputError(f"{field} {value!r} is not supported; choose one of: {shown}.")
+    return value
+
+
+def _check_ddim_eta(value: Any) -> float:
+    if not _is_real(value) or not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"ddim_eta must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def _check_model(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"model must be a model name or a path to a weights file, got {value!r}.")
+    return value
+
+
+def _check_model_config(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not os.path.isfile(value):
+        raise InvalidInputError(f"model_config must be the path of an existing yaml file, got {value!r}.")
+    return value
+
+
+def _as_lazy_image(value: Any) -> LazyLoadingImage | None:
+    if value is None or isinstance(value, LazyLoadingImage):
+        return value
+    if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
+        return LazyLoadingImage(url=value)
+    if isinstance(value, (str, os.PathLike)):
+        return LazyLoadingImage(filepath=value)
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return LazyLoadingImage(img=value)
+    raise InvalidInputError(
+        "init_image must be a file path, an http(s) URL, a PIL image or a LazyLoadingImage; "
+        f"got {type(value).__name__}."
+    )
+
+
+class ImagineResult:
+    """The images made for one prompt, by kind ("generated" is the main one), and the settings that made them."""
+
+    def __init__(
+        self,
+        images: dict[str, Image.Image],
+        prompt: ImaginePrompt,
+        metadata: dict[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
+    ):
+        if "generated" not in images:
+            raise ValueError(f"ImagineResult needs a 'generated' image; got kinds {sorted(images)}.")
+        self.images = dict(images)
+        self.prompt = prompt
+        self.timings = dict(timings or {})
+        if metadata is None:
+            from imaginairy.utils.metadata import build_metadata
+
+            metadata = build_metadata(prompt, *self.images["generated"].size)
+        self.metadata = metadata
+
+    @property
+    def img(self) -> Image.Image:
+        """The main (generated) image."""
+        return self.images["generated"]
+
+    image = img
+
+    def save(self, path: str | Path, image_type: str = "generated") -> Path:
+        """Write one image to `path` (format from the extension) with the metadata embedded.
+
+        Never overwrites: an existing `path` raises `OutputWriteError`.
+        """
+        from imaginairy.utils.metadata import write_image_with_metadata
+        from imaginairy.utils.outputs import write_new_file
+
+        img = self._image_of_type(image_type)
+        return write_new_file(path, lambda f, file_format: write_image_with_metadata(img, f, file_format, self.metadata))
+
+    def save_numbered(self, outdir: str | Path, image_type: str = "generated", file_format: str = "jpg") -> Path:
+        """Write one image into `outdir` under the next free numbered file name; returns the path written."""
+        from imaginairy.utils.metadata import write_image_with_metadata
+        from imaginairy.utils.outputs import image_filename, write_numbered_file
+
+        img = self._image_of_type(image_type)
+        return write_numbered_file(
+            outdir,
+            lambda counter: image_filename(counter, self.prompt, image_type, file_format),
+            lambda f, fmt: write_image_with_metadata(img, f, fmt, self.metadata),
+        )
+
+    def _image_of_type(self, image_type: str) -> Image.Image:
+        if image_type not in self.images:
+            raise InvalidInputError(f"No {image_type!r} image in this result; it has: {', '.join(self.images)}.")
+        return self.images[image_type]

@@ -1,0 +1,57 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="imaginairy",
+    version="0.1.0",
+    description="AI imagined images. Pythonic generation of images with Stable Diffusion, on your own machine.",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=("imaginairy", "imaginairy.*")),
+    package_data={"imaginairy": ["configs/*.yaml"]},
+    include_package_data=True,
+    entry_points={
+        "console_scripts": [
+            "imagine=imaginairy.cli.imagine:imagine_cmd",
+            "aimg=imaginairy.cli.aimg:aimg",
+        ],
+    },
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "transformers>=4.40",
+        "open-clip-torch>=2.20",
+        "k-diffusion>=0.1.1",
+        # k-diffusion imports pkg_resources, which setuptools 81 removed
+        "setuptools<81",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
+        "omegaconf>=2.3",
+        "pyparsing>=3.0",
+        "click>=8.1",
+        "click-repl>=0.3",
+        "grpcio>=1.48",
+        "stability-sdk>=0.8.4",
+        "protobuf>=4.21",
+        "pillow>=10.0",
+        "numpy>=1.24",
+        "tqdm>=4.64",
+        "spandrel>=0.4",
+        "spandrel-extra-arches>=0.2",
+        "facexlib>=0.3",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-xdist>=3.3",
+            "diffusers>=0.30",
+            "scikit-image>=0.21",
+            "hypothesis>=6.80",
+            "opencv-python-headless>=4.8",
+        ],
+    },
+)

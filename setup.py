@@ -28,7 +28,7 @@ setup(
         # k-diffusion imports pkg_resources, which setuptools 81 removed
         "setuptools<81",
         "safetensors>=0.4",
-        "huggingface_hub>=0.23",
+        "huggingface_hub>=1.0",
         "omegaconf>=2.3",
         "pyparsing>=3.0",
         "click>=8.1",

@@ -16,19 +16,21 @@ Checkpoints are data, never code: pickled (`.ckpt`, `.pt`, `.pth`, `.bin`) files
 `torch.load(weights_only=True)`.
 """
 
+from __future__ import annotations
+
 import hashlib
-import http.client
 import os
 import re
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imaginairy.errors import InvalidInputError, ModelLoadError, ModelNotFoundError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 HUB_SCHEME = "hf://"
 URL_SCHEMES = ("https://", "http://")
@@ -55,17 +57,23 @@ class HubFile:
 
 def parse_hub_location(location: str) -> HubFile:
     """`hf://owner/repo[@rev]/path/to/file[@rev]` -> HubFile."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     match = HUB_LOCATION_PATTERN.match(location)
-    if match is None or (match["repo_revision"] and match["file_revision"]):
-        raise InvalidInputError(
-            f"Not a Hugging Face hub file location: {location!r}; write it as hf://owner/repo/path/to/file"
-            " (optionally with @revision after the repo or the file)"
-        )
-    return HubFile(
-        repo_id=f"{match['owner']}/{match['name']}",
-        filename=match["filename"],
-        revision=match["repo_revision"] or match["file_revision"],
+    bad_location = InvalidInputError(
+        f"Not a Hugging Face hub file location: {location!r}; write it as hf://owner/repo/path/to/file"
+        " (optionally with @revision after the repo or the file)"
     )
+    if match is None or (match["repo_revision"] and match["file_revision"]) or ".." in match["filename"].split("/"):
+        raise bad_location
+    repo_id = f"{match['owner']}/{match['name']}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise bad_location from err
+    revision = match["repo_revision"] or match["file_revision"]
+    return HubFile(repo_id=repo_id, filename=match["filename"], revision=revision)
 
 
 def resolve_weights(location: str | os.PathLike, *, progress: bool = True) -> Path:
@@ -89,11 +97,8 @@ def existing_weights_file(path: Path) -> Path:
 
 
 def hub_offline() -> bool:
-    """Whether hub and URL downloads are switched off (HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE, is true)."""
-    from huggingface_hub import constants
-
-    env_offline = any(_env_is_true(name) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return env_offline or constants.HF_HUB_OFFLINE
+    """Whether hub and URL downloads are switched off: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is true now."""
+    return any(_env_is_true(name) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def hub_cache_dir() -> Path:
@@ -184,6 +189,8 @@ def resolve_hub_snapshot(
 
 def resolve_url(url: str, *, progress: bool = True) -> Path:
     """The cached path of a weights file at `url`, downloading it into `weights_cache_dir()` if needed."""
+    import http.client
+
     cached = url_cache_path(url)
     if cached.is_file():
         return cached
@@ -201,6 +208,9 @@ def download_file(url: str, destination: Path, *, progress: bool = True) -> None
 
     On any failure the temporary file is removed, so `destination` is either whole or absent.
     """
+    import tempfile
+    import urllib.request
+
     from tqdm import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +243,7 @@ def download_file(url: str, destination: Path, *, progress: bool = True) -> None
         raise
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors in a weights file, on the CPU, as {name: torch.Tensor}.
 
     `.safetensors` files are read with safetensors; `.ckpt`, `.pt`, `.pth` and `.bin` files with
@@ -248,7 +258,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     return _load_torch_checkpoint(path)
 
 
-def save_state_dict(state_dict: dict, path: str | os.PathLike) -> None:
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write {name: tensor} to `path`: `.safetensors` with safetensors, `.ckpt` as {"state_dict": ...} like
     CompVis checkpoints, `.pt` / `.pth` / `.bin` as the plain dict."""
     import torch
@@ -285,6 +295,8 @@ def _content_length(response) -> int | None:
 
 
 def _download_failure_reason(err: BaseException) -> str:
+    import urllib.error
+
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, urllib.error.URLError):
@@ -375,7 +387,7 @@ def _is_safetensors_file(path: Path) -> bool:
     return header_fits and start[SAFETENSORS_LENGTH_BYTES:] == b"{"
 
 
-def _load_safetensors(path: Path) -> dict:
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -386,7 +398,7 @@ def _load_safetensors(path: Path) -> dict:
         raise ModelLoadError(f"Cannot load weights file {path}: {reason}") from err
 
 
-def _load_torch_checkpoint(path: Path) -> dict:
+def _load_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     try:
@@ -412,11 +424,12 @@ def _torch_load_failure_reason(err: BaseException) -> str:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first sentence of an exception's message, to keep our one-line errors short."""
     lines = str(err).strip().splitlines()
-    return lines[0].strip() if lines else type(err).__name__
+    return lines[0].strip().split(". ")[0] if lines else type(err).__name__
 
 
-def _unshared_contiguous_tensors(state_dict: dict) -> dict:
+def _unshared_contiguous_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses tensors that share memory (tied weights, views): give each its own copy."""
     seen_storages = set()
     tensors = {}

@@ -282,6 +282,12 @@ class ImaginePrompt:
         """The default value of every field, by field name (what the CLI shows and uses)."""
         return {field.name: field.default for field in dataclasses.fields(cls)}
 
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ImaginePrompt:
+        """The prompt described by `to_metadata()` output or a saved file's metadata (other keys are ignored)."""
+        field_names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in metadata.items() if name in field_names})
+
     def to_metadata(self) -> dict[str, Any]:
         """The settings needed to reproduce this prompt, as plain JSON-compatible data."""
         return {
@@ -457,22 +463,13 @@ class ImagineResult:
         from imaginairy.utils.metadata import write_image_with_metadata
         from imaginairy.utils.outputs import write_new_file
 
-        img = self._image_of_type(image_type)
-        return write_new_file(path, lambda f, file_format: write_image_with_metadata(img, f, file_format, self.metadata))
-
-    def save_numbered(self, outdir: str | Path, image_type: str = "generated", file_format: str = "jpg") -> Path:
-        """Write one image into `outdir` under the next free numbered file name; returns the path written."""
-        from imaginairy.utils.metadata import write_image_with_metadata
-        from imaginairy.utils.outputs import image_filename, write_numbered_file
-
-        img = self._image_of_type(image_type)
-        return write_numbered_file(
-            outdir,
-            lambda counter: image_filename(counter, self.prompt, image_type, file_format),
-            lambda f, fmt: write_image_with_metadata(img, f, fmt, self.metadata),
+        img = self.image_of_type(image_type)
+        return write_new_file(
+            path, lambda file, file_format: write_image_with_metadata(img, file, file_format, self.metadata)
         )
 
-    def _image_of_type(self, image_type: str) -> Image.Image:
+    def image_of_type(self, image_type: str) -> Image.Image:
+        """The image of one kind ("generated", ...); InvalidInputError naming the kinds there are if absent."""
         if image_type not in self.images:
             raise InvalidInputError(f"No {image_type!r} image in this result; it has: {', '.join(self.images)}.")
         return self.images[image_type]

@@ -29,7 +29,7 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return tensor_to_pils(image)[0]
 
 
-def resize_and_center_crop(img: Image.Image, width: int, height: int) -> Image.Image:
+def resize_and_crop(img: Image.Image, width: int, height: int) -> Image.Image:
     """Scale `img` to cover width x height keeping its aspect ratio, then crop the centre to exactly that size."""
     scale = max(width / img.width, height / img.height)
     scaled_width = max(width, round(img.width * scale))

@@ -39,3 +39,11 @@ class OutputWriteError(ImaginAIryError):
 
 class GenerationCancelled(ImaginAIryError):
     """Generation was stopped by a cancel event or a progress callback before it finished."""
+
+
+class SafetyCheckUnavailableError(ModelLoadError):
+    """The safety checker is required (safety mode `filter`) but its weights cannot be had."""
+
+
+class MaskExpressionError(InvalidInputError):
+    """A mask prompt is not a valid mask expression (the message names the column and what was expected)."""

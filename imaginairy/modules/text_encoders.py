@@ -25,12 +25,27 @@ OPENCLIP_LAYERS = ("last", "penultimate")
 LEGACY_POSITION_IDS_KEY = "transformer.text_model.embeddings.position_ids"
 
 
-def drop_legacy_position_ids(module, state_dict, prefix, *unused_load_args):
-    """Load-state-dict pre-hook: forget the saved `position_ids` buffer, the model builds its own.
+def prepare_position_ids_for_load(module, state_dict, prefix, *unused_load_args):
+    """Load-state-dict pre-hook of `CLIPTextEncoder`: position ids come from the model, never from the file.
 
-    Some merged checkpoints carry damaged (float-rounded) position ids, so the stored copy is never used.
+    Drops the legacy `position_ids` key (some merged checkpoints carry damaged, float-rounded copies), and gives an
+    encoder built on the meta device real position ids, since that buffer is not part of the state dict.
     """
     state_dict.pop(prefix + LEGACY_POSITION_IDS_KEY, None)
+    embeddings = module.transformer.text_model.embeddings
+    if embeddings.position_ids.is_meta:
+        embeddings.position_ids = torch.arange(embeddings.position_ids.shape[1]).unsqueeze(0)
+
+
+class CLIPTextModelHolder(nn.Module):
+    """Holds a `CLIPTextModel` as `text_model`, keeping the checkpoint's `transformer.text_model.*` names.
+
+    transformers 5 flattened `CLIPTextModel` (its keys no longer start with `text_model.`), so the name is kept here.
+    """
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.text_model = CLIPTextModel(config)
 
 
 class CLIPTextEncoder(nn.Module):
@@ -40,7 +55,8 @@ class CLIPTextEncoder(nn.Module):
     `hidden_states[layer_idx]` without the final layer norm, as CompVis FrozenCLIPEmbedder does
     (layer_idx=-2 is the penultimate layer, "clip skip").
 
-    State dicts load strictly with or without the legacy `transformer.text_model.embeddings.position_ids` key.
+    State dicts load strictly with or without the legacy `transformer.text_model.embeddings.position_ids` key, and
+    an encoder built on the meta device is complete after `load_state_dict(..., assign=True)`.
     """
 
     pad_token = SD1_PAD_TOKEN
@@ -82,13 +98,13 @@ class CLIPTextEncoder(nn.Module):
             hidden_act=hidden_act,
             attn_implementation="sdpa",
         )
-        self.transformer = CLIPTextModel(config)
-        self.register_load_state_dict_pre_hook(drop_legacy_position_ids)
+        self.transformer = CLIPTextModelHolder(config)
+        self.register_load_state_dict_pre_hook(prepare_position_ids_for_load)
 
     def encode_tokens(self, token_ids: torch.LongTensor) -> torch.Tensor:
         """Token ids [batch, 77] -> hidden states [batch, 77, hidden_size]."""
         want_hidden = self.layer == "hidden"
-        outputs = self.transformer(input_ids=token_ids, output_hidden_states=want_hidden)
+        outputs = self.transformer.text_model(input_ids=token_ids, output_hidden_states=want_hidden)
         if want_hidden:
             return outputs.hidden_states[self.layer_idx]
         return outputs.last_hidden_state

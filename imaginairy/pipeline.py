@@ -29,6 +29,7 @@ def resolve_size(prompt: ImaginePrompt, model: LatentDiffusion) -> ImaginePrompt
     return dataclasses.replace(prompt, width=prompt.width or size, height=prompt.height or size)
 
 
+@torch.inference_mode()
 def generate(
     prompt: ImaginePrompt,
     model: LatentDiffusion,
@@ -37,8 +38,9 @@ def generate(
     cancel_event: threading.Event | None = None,
 ) -> ImagineResult:
     prompt = resolve_size(prompt, model)
-    init_image = prompt.init_image.as_pil() if prompt.init_image is not None else None
-    if init_image is not None:
+    init_image = None
+    if prompt.init_image is not None and prompt.init_image_strength > 0:
+        init_image = prompt.init_image.as_pil()
         init_image = resize_and_crop(init_image, prompt.width, prompt.height)
         if prompt.init_image_strength >= 1:
             logger.info("init image strength is 1: the init image is returned unchanged")
@@ -49,6 +51,7 @@ def generate(
     return ImagineResult(images={"generated": tensor_to_pil(pixels.float())}, prompt=prompt)
 
 
+@torch.inference_mode()
 def generate_latent(
     prompt: ImaginePrompt,
     model: LatentDiffusion,

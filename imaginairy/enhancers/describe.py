@@ -1,0 +1,143 @@
+"""Image captions with BLIP (the `Salesforce/blip-image-captioning-base` model, through transformers).
+
+The model folder is `model_location` if given, else `IMAGINAIRY_BLIP_MODEL`, else the hub repo from the
+huggingface_hub cache (downloaded there if needed and not offline). A loaded model is kept per folder and device.
+
+This module imports no heavy library at the top: torch and transformers are imported when a caption is made.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaginairy.errors import ModelLoadError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+BLIP_REPO = "Salesforce/blip-image-captioning-base"
+BLIP_MODEL_ENV = "IMAGINAIRY_BLIP_MODEL"
+CONFIG_FILES = ("*.json", "vocab.txt")
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+DEFAULT_MAX_NEW_TOKENS = 30
+DEFAULT_NUM_BEAMS = 3
+
+
+@dataclass(frozen=True)
+class CaptionModel:
+    """A loaded BLIP captioner: the network, its processor (image preprocessing + tokenizer) and its device."""
+
+    model: torch.nn.Module
+    processor: object
+    device: torch.device
+
+
+def generate_caption(
+    image: Image.Image | str | os.PathLike,
+    *,
+    model_location: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    num_beams: int = DEFAULT_NUM_BEAMS,
+) -> str:
+    """A short English description of `image` (a PIL image or an image file path), e.g. "a dog sitting on a couch".
+
+    Deterministic: beam search, no sampling. Raises ImageLoadError for an unreadable file and
+    WeightsUnavailableError when the BLIP model cannot be had.
+    """
+    rgb_image = _as_rgb_image(image)
+    captioner = load_caption_model(model_location, device=device)
+    caption_ids = generate_caption_ids(captioner, rgb_image, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    return captioner.processor.decode(caption_ids, skip_special_tokens=True).strip()
+
+
+def generate_caption_ids(
+    captioner: CaptionModel, image: Image.Image, *, max_new_tokens: int, num_beams: int
+) -> torch.Tensor:
+    """The token ids of the caption BLIP generates for one RGB image (a 1-d tensor, special tokens included)."""
+    import torch
+
+    inputs = captioner.processor(images=image, return_tensors="pt")
+    pixel_values = inputs["pixel_values"].to(captioner.device, dtype=next(captioner.model.parameters()).dtype)
+    with torch.no_grad():
+        output_ids = captioner.model.generate(
+            pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+        )
+    return output_ids[0].cpu()
+
+
+def load_caption_model(
+    model_location: str | os.PathLike | None = None, *, device: str | torch.device | None = None
+) -> CaptionModel:
+    """The BLIP captioner from `model_location`, IMAGINAIRY_BLIP_MODEL or the hub cache; loaded once per folder
+    and device."""
+    from imaginairy.utils.devices import default_device
+
+    folder = blip_model_dir(model_location)
+    return _load_caption_model(folder, str(device or default_device()))
+
+
+def blip_model_dir(model_location: str | os.PathLike | None = None) -> Path:
+    """The folder holding BLIP's config, processor files and weights. Raises WeightsUnavailableError when the
+    files cannot be had."""
+    location = model_location if model_location is not None else os.environ.get(BLIP_MODEL_ENV)
+    if location:
+        return _local_blip_dir(Path(location).expanduser())
+    try:
+        return _hub_blip_dir()
+    except WeightsUnavailableError as error:
+        raise WeightsUnavailableError(
+            f"Caption model unavailable: {error}; or set {BLIP_MODEL_ENV}=/path/to/a/local/copy/of/the/repo"
+        ) from error
+
+
+@functools.lru_cache(maxsize=2)
+def _load_caption_model(folder: Path, device: str) -> CaptionModel:
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    try:
+        processor = BlipProcessor.from_pretrained(folder)
+        model = BlipForConditionalGeneration.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"Cannot load the caption model from {folder}: {str(error).strip().splitlines()[0]}"
+            f" (expected a copy of the {BLIP_REPO} hub repo)"
+        ) from error
+    torch_device = torch.device(device)
+    return CaptionModel(model=model.eval().to(torch_device), processor=processor, device=torch_device)
+
+
+def _as_rgb_image(image: Image.Image | str | os.PathLike) -> Image.Image:
+    from PIL import Image
+
+    from imaginairy.schema import LazyLoadingImage
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return LazyLoadingImage(filepath=image).as_pil()
+
+
+def _local_blip_dir(folder: Path) -> Path:
+    has_config = (folder / "config.json").is_file()
+    has_weights = any((folder / name).is_file() for name in WEIGHTS_FILES)
+    if not (has_config and has_weights):
+        raise WeightsUnavailableError(
+            f"Caption model folder {folder} lacks config.json or {' / '.join(WEIGHTS_FILES)}; point {BLIP_MODEL_ENV}"
+            f" (or model_location) at a folder holding a copy of the {BLIP_REPO} hub repo"
+        )
+    return folder
+
+
+def _hub_blip_dir() -> Path:
+    from imaginairy.models.weights import HubFile, resolve_hub_file, resolve_hub_snapshot
+
+    folder = resolve_hub_snapshot(BLIP_REPO, [*CONFIG_FILES, WEIGHTS_FILES[0]])
+    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
+        folder = resolve_hub_file(HubFile(BLIP_REPO, WEIGHTS_FILES[1])).parent
+    return folder

@@ -1,0 +1,91 @@
+"""A whole txt2img run of ours against diffusers' StableDiffusionPipeline on the same tiny checkpoint.
+
+diffusers builds its UNet and VAE from our checkpoint *file* with its own converters, so the key mapping, the
+network maths, the scheduler and the pipeline loop are all independent of our code. The text embeddings are fed to
+both as `prompt_embeds` (the text encoders are compared on their own in tests/modules/test_text_encoders.py), and the
+initial noise as `latents`.
+
+Tolerance: float32 on both sides, with sums in different orders (fused attention kernels, convolution algorithms)
+and our float64 noise schedule vs diffusers' float32 one. k_euler's fractional timesteps also go through log/exp
+round trips that differ in the last bits on each side. Over 5 steps at guidance 7.5 the final latents (values up to
+~4) differ by at most ~3e-4 (k_euler) and ~1e-5 (ddim). We allow 1e-3 absolute + 1e-3 relative on latents and 1e-3
+on [0, 1] pixels; a one-step schedule offset or a swapped guidance order moves the result by >1e-2.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import single_file_utils as convert
+from k_diffusion import external
+
+from imaginairy import ImaginePrompt, pipeline
+from imaginairy.api import load_model
+from imaginairy.models.cache import ModelCache
+from imaginairy.models.weights import load_state_dict
+from imaginairy.samplers import NoiseSchedule
+
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
+
+
+def diffusers_pipeline(weights_path, scheduler) -> StableDiffusionPipeline:
+    checkpoint = load_state_dict(weights_path)
+    original_config = yaml.safe_load(weights_path.with_suffix(".yaml").read_text())
+    unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, checkpoint)
+    unet = UNet2DConditionModel(**unet_config)
+    unet.load_state_dict(convert.convert_ldm_unet_checkpoint(checkpoint, unet_config))
+    vae_config = convert.create_vae_diffusers_config_from_ldm(original_config, checkpoint)
+    vae = AutoencoderKL(**vae_config)
+    vae.load_state_dict(convert.convert_ldm_vae_checkpoint(checkpoint, vae_config))
+    return StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet.eval(), scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def our_run(weights_path, sampler_type, steps):
+    prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), steps=steps, seed=42,
+                           sampler_type=sampler_type)
+    model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+    prompt = pipeline.resolve_size(prompt, model)
+    with torch.inference_mode():
+        cond = pipeline.weighted_text_embedding(model, prompt.prompts)
+        uncond = pipeline.weighted_text_embedding(model, prompt.negative_prompts)
+        latent = pipeline.generate_latent(prompt, model)
+        image = (model.decode_latent(latent) / 2 + 0.5).clamp(0, 1)
+    noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), prompt.width, prompt.height)
+    return prompt, model, cond, uncond, noise, latent, image
+
+
+@pytest.mark.parametrize(
+    ("model_name", "prediction_type"), [("tiny-sd15", "epsilon"), ("tiny-sd21-v", "v_prediction")]
+)
+@pytest.mark.parametrize("sampler_type", ["ddim", "k_euler"])
+def test_txt2img_matches_diffusers(tiny_models, model_name, prediction_type, sampler_type):
+    steps = 5
+    weights_path = tiny_models[model_name]
+    prompt, model, cond, uncond, noise, latent, image = our_run(weights_path, sampler_type, steps)
+    call = {}
+    if sampler_type == "ddim":
+        scheduler = DDIMScheduler(**SD_SCHEDULE, steps_offset=1, set_alpha_to_one=False, clip_sample=False,
+                                  timestep_spacing="leading", prediction_type=prediction_type)
+        call["num_inference_steps"] = steps
+    else:
+        # diffusers interpolates Euler's sigmas linearly in sigma, k-diffusion in log sigma: give it ours.
+        alphas_cumprod = NoiseSchedule(0.00085, 0.012, 1000).alphas_cumprod().float()
+        sigmas = external.DiscreteEpsDDPMDenoiser(None, alphas_cumprod, quantize=False).get_sigmas(steps)
+        # With "linspace" spacing diffusers starts from noise * sigma_max, as k-diffusion does.
+        scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, prediction_type=prediction_type, timestep_spacing="linspace")
+        call["sigmas"] = sigmas.tolist()
+    reference = diffusers_pipeline(weights_path, scheduler)
+    with torch.inference_mode():
+        reference_latent = reference(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=noise.clone(),
+                                     guidance_scale=prompt.prompt_strength, height=prompt.height, width=prompt.width,
+                                     output_type="latent", **call).images
+        reference_image = (reference.vae.decode(reference_latent / 0.18215).sample / 2 + 0.5).clamp(0, 1)
+    print(f"max |latent difference| {(latent - reference_latent).abs().max():.2e}, "
+          f"max |pixel difference| {(image - reference_image).abs().max():.2e}")
+    torch.testing.assert_close(latent, reference_latent, **LATENT_TOLERANCE)
+    torch.testing.assert_close(image, reference_image, atol=1e-3, rtol=0)
+    assert (latent - noise).abs().max() > 0.1  # it did denoise

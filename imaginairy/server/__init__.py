@@ -1,0 +1,1 @@
+"""The Stability-AI gRPC generation API served from local models (`aimg server`)."""

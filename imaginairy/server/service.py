@@ -1,0 +1,186 @@
+"""The gRPC services: GenerationService (Generate, ChainGenerate) and EnginesService (ListEngines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import uuid
+from collections.abc import Iterator
+
+import grpc
+from stability_sdk.interfaces.gooseai.engines import engines_pb2
+from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
+from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
+
+from imaginairy.errors import GenerationCancelled, InvalidInputError, ModelLoadError, ModelNotFoundError
+from imaginairy.server import protocol
+from imaginairy.server import queue as jobs
+from imaginairy.server.engines import Engine, describe_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEEPALIVE_SECONDS = 5.0
+ENGINES_SERVICE = engines_pb2.DESCRIPTOR.services_by_name["EnginesService"].full_name  # gooseai.EnginesService
+
+
+@dataclasses.dataclass
+class ServiceSettings:
+    """How the services answer: keep-alive interval while a request waits or runs, metadata in the PNGs."""
+
+    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
+    embed_metadata: bool = True
+
+
+class RequestFailed(Exception):
+    """Ends a call with a gRPC status code and a message for the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def run_generation(job: jobs.Job, *, device=None, model_cache=None) -> None:
+    """Generate the job's prompts in order, posting each result, then DONE (or the error that stopped it)."""
+    from imaginairy.api import imagine
+
+    if job.cancel_event.is_set():
+        job.post(jobs.ERROR, GenerationCancelled("The request was cancelled before it started."))
+        return
+    try:
+        for result in imagine(job.prompts, device=device, cancel_event=job.cancel_event, model_cache=model_cache):
+            job.post(jobs.IMAGE, result)
+    except Exception as e:  # every failure goes back to the request that caused it, never to the next one
+        if not isinstance(e, (GenerationCancelled, InvalidInputError)):
+            logger.exception("request %s failed", job.label)
+        job.post(jobs.ERROR, e)
+        return
+    job.post(jobs.DONE)
+
+
+def status_of_error(error: Exception, engine: Engine) -> RequestFailed:
+    """The gRPC status and message for an exception raised while a request ran."""
+    if isinstance(error, ModelNotFoundError):
+        return RequestFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"Engine {engine.id!r} cannot serve: {error} (fix the server's engines file).")
+    if isinstance(error, InvalidInputError):
+        return RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    if isinstance(error, ModelLoadError):
+        return RequestFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"Engine {engine.id!r} cannot load its model: {error}")
+    if isinstance(error, GenerationCancelled):
+        return RequestFailed(grpc.StatusCode.CANCELLED, "The generation was cancelled.")
+    return RequestFailed(grpc.StatusCode.INTERNAL, f"Generation failed: {type(error).__name__}: {error}")
+
+
+class GenerationService(generation_pb2_grpc.GenerationServiceServicer):
+    """Answers image generation requests, one generation on the device at a time."""
+
+    def __init__(self, engines: dict[str, Engine], generation_queue: jobs.GenerationQueue,
+                 settings: ServiceSettings | None = None):
+        self.engines = engines
+        self.queue = generation_queue
+        self.settings = settings or ServiceSettings()
+
+    def Generate(self, request: generation.Request, context: grpc.ServicerContext) -> Iterator[generation.Answer]:
+        received = protocol.now_ms()
+        try:
+            yield from self._answers(request, request.request_id, received, context)
+        except RequestFailed as failure:
+            context.abort(failure.code, failure.message)
+
+    def ChainGenerate(self, request: generation.ChainRequest, context: grpc.ServicerContext):
+        """Serves chains of one stage (the stage's request, answered like Generate)."""
+        received = protocol.now_ms()
+        if len(request.stage) != 1:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          f"Only single-stage chains are served; this chain has {len(request.stage)} stages.")
+        stage_request = request.stage[0].request
+        request_id = stage_request.request_id or request.request_id
+        try:
+            yield from self._answers(stage_request, request_id, received, context)
+        except RequestFailed as failure:
+            context.abort(failure.code, failure.message)
+
+    def _answers(self, request: generation.Request, request_id: str, received: int, context) -> Iterator:
+        request_id = request_id or str(uuid.uuid4())
+        engine = self._engine(request.engine_id)
+        try:
+            prompts = protocol.request_to_prompts(request, engine)
+        except InvalidInputError as e:
+            raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+        job = jobs.Job(prompts, label=request_id)
+        try:
+            ahead = self.queue.submit(job)
+        except jobs.QueueFull as e:
+            raise RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from e
+        except jobs.QueueClosed as e:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)) from e
+        if not context.add_callback(lambda: self.queue.withdraw(job)):  # the call already ended: client gone
+            self.queue.withdraw(job)
+        logger.info("request %s: %d image(s) on engine %s, %d ahead in the queue", request_id, len(prompts),
+                    engine.id, ahead)
+        yield from self._job_answers(job, engine, request_id, received)
+
+    def _job_answers(self, job: jobs.Job, engine: Engine, request_id: str, received: int) -> Iterator:
+        index = 0
+        while True:
+            try:
+                kind, value = job.events.get(timeout=self.settings.keepalive_seconds)
+            except queue.Empty:
+                yield protocol.keepalive_answer(request_id, received)
+                continue
+            if kind == jobs.IMAGE:
+                yield protocol.image_answer(request_id, engine.id, index, value,
+                                            embed_metadata=self.settings.embed_metadata, received_ms=received)
+                index += 1
+            elif kind == jobs.DONE:
+                return
+            elif kind == jobs.ERROR:
+                raise status_of_error(value, engine)
+            elif kind == jobs.WITHDRAWN:
+                raise RequestFailed(grpc.StatusCode.CANCELLED, "The request left the queue.")
+            else:
+                raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "The server is shutting down; try again later.")
+
+    def _engine(self, engine_id: str) -> Engine:
+        if engine_id not in self.engines:
+            known = ", ".join(sorted(self.engines))
+            raise RequestFailed(grpc.StatusCode.NOT_FOUND, f"Unknown engine {engine_id!r}; this server has: {known}.")
+        return self.engines[engine_id]
+
+
+def engines_service_handler(engines: dict[str, Engine]) -> grpc.GenericRpcHandler:
+    """EnginesService, registered from the SDK's message classes.
+
+    The SDK's `engines_pb2_grpc` module cannot be imported: it imports `engines_pb2` as a top-level module, and
+    stability-sdk puts the generation folder on sys.path but not the engines one. The method table is one line.
+    """
+    service = EnginesService(engines)
+    list_engines = grpc.unary_unary_rpc_method_handler(
+        service.ListEngines,
+        request_deserializer=engines_pb2.ListEnginesRequest.FromString,
+        response_serializer=engines_pb2.Engines.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(ENGINES_SERVICE, {"ListEngines": list_engines})
+
+
+class EnginesService:
+    """Lists the engines of the engines file."""
+
+    def __init__(self, engines: dict[str, Engine]):
+        self.engines = engines
+
+    def ListEngines(self, request: engines_pb2.ListEnginesRequest, context) -> engines_pb2.Engines:
+        return engines_pb2.Engines(engine=[
+            engines_pb2.EngineInfo(
+                id=engine.id,
+                owner="imaginairy",
+                ready=True,
+                type=engines_pb2.PICTURE,
+                name=engine.name,
+                description=describe_model(engine),
+            )
+            for engine in self.engines.values()
+        ])

@@ -1,0 +1,99 @@
+"""Request -> ImaginePrompt mapping, without a server."""
+
+from __future__ import annotations
+
+import pytest
+from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
+
+from imaginairy.server.engines import Engine
+from imaginairy.server.protocol import BadRequest, masks_supported, request_to_prompts, sample_seeds
+from imaginairy.server.protocol import SAMPLERS
+
+ENGINE = Engine(id="e", model="sd-1.5", defaults={"steps": 3})
+
+
+def request(**image_fields) -> generation.Request:
+    return generation.Request(engine_id="e", prompt=[generation.Prompt(text="a cat")],
+                              image=generation.ImageParameters(**image_fields))
+
+
+@pytest.mark.parametrize(("seeds", "samples", "expected"), [
+    ([], None, [None]),
+    ([0], 3, [None, None, None]),
+    ([5], 3, [5, 6, 7]),
+    ([5, 9], None, [5, 9]),
+    ([5, 9], 4, [5, 9, 10, 11]),
+    ([2**32 - 1], 2, [2**32 - 1, None]),  # wraps to 0, which means random
+])
+def test_sample_seeds(seeds, samples, expected):
+    assert sample_seeds(seeds, samples) == expected
+
+
+def test_every_sampler_enum_maps_to_a_library_sampler():
+    from imaginairy.schema import SAMPLER_TYPES
+
+    assert set(SAMPLERS) == set(generation.DiffusionSampler.values())
+    assert set(SAMPLERS.values()) <= set(SAMPLER_TYPES)
+
+
+def test_settings_mapping():
+    step = generation.StepParameter(sampler=generation.SamplerParameters(cfg_scale=4.0, eta=0.5))
+    prompts = request_to_prompts(request(width=128, height=64, samples=2, seed=[11], parameters=[step],
+                                         transform=generation.TransformType(diffusion=generation.SAMPLER_DDIM)),
+                                 ENGINE)
+    assert [p.seed for p in prompts] == [11, 12]
+    first = prompts[0]
+    assert (first.width, first.height, first.steps) == (128, 64, 3)
+    assert (first.prompt_strength, first.ddim_eta, first.sampler_type, first.model) == (4.0, 0.5, "ddim", "sd-1.5")
+
+
+def test_schedule_start_is_strength_of_the_init_image():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 77)).save(buffer, format="PNG")
+    req = request(parameters=[generation.StepParameter(schedule=generation.ScheduleParameters(start=0.75))])
+    req.prompt.append(generation.Prompt(artifact=generation.Artifact(type=generation.ARTIFACT_IMAGE,
+                                                                     binary=buffer.getvalue())))
+    (prompt,) = request_to_prompts(req, ENGINE)
+    assert prompt.init_image_strength == pytest.approx(0.25)
+    assert (prompt.width, prompt.height) == (96, 72)  # the init image's size, rounded down to multiples of 8
+
+    req.image.parameters[0].schedule.start = 1.5  # seamless outpainting: full strength, boost 0.5
+    if masks_supported():
+        (prompt,) = request_to_prompts(req, ENGINE)
+        assert prompt.init_image_strength == 0 and prompt.seamless_boost == pytest.approx(0.5)
+    else:
+        with pytest.raises(BadRequest, match="not supported"):
+            request_to_prompts(req, ENGINE)
+
+
+def test_transparent_init_image_gives_the_mask():
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGBA", (64, 64), (10, 20, 30, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    req = request()
+    req.prompt.append(generation.Prompt(artifact=generation.Artifact(type=generation.ARTIFACT_IMAGE,
+                                                                     binary=buffer.getvalue())))
+    if masks_supported():
+        (prompt,) = request_to_prompts(req, ENGINE)
+        assert prompt.mask_mode == "keep"
+    else:
+        with pytest.raises(BadRequest, match="not supported"):
+            request_to_prompts(req, ENGINE)
+
+
+def test_default_engines_file_names_registered_models():
+    from imaginairy.models.registry import registered_models
+    from imaginairy.server.engines import load_engines
+
+    engines = load_engines()
+    assert engines["stable-diffusion-v1-5"].model == "sd-1.5"
+    assert all(engine.model in registered_models() for engine in engines.values())

@@ -85,6 +85,16 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
         imagine_image_files(prompts, outdir, output_file_extension=output_file_extension, show_progress=not quiet)
 
 
+class EchoHandler(logging.Handler):
+    """Log records printed with click.echo to the current stderr, so they show up wherever the CLI's output goes."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("imaginairy").setLevel(level.upper())
+    logger = logging.getLogger("imaginairy")
+    logger.setLevel(level.upper())
+    if not any(isinstance(h, EchoHandler) for h in logger.handlers):
+        logger.addHandler(EchoHandler())
+        logger.propagate = False

@@ -1,0 +1,126 @@
+"""The `imagine` command end to end on the tiny model, and its answers to bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imaginairy.cli.imagine import imagine_cmd
+from imaginairy.utils.metadata import read_metadata, read_parameters
+
+IMAGINE_BIN = Path(sys.executable).parent / "imagine"
+
+
+def invoke(*args):
+    return CliRunner().invoke(imagine_cmd, [str(a) for a in args], catch_exceptions=False)
+
+
+def written_files(outdir: Path) -> list[Path]:
+    return sorted(p for p in outdir.rglob("*") if p.is_file()) if outdir.exists() else []
+
+
+def test_generates_numbered_files_with_metadata(tiny_models, tmp_path):
+    outdir = tmp_path / "out"
+    result = invoke("a scenic landscape", "a dog", "--model", tiny_models["tiny-sd15"], "--steps", 3, "--seed", 7,
+                    "-r", 2, "--sampler-type", "ddim", "--outdir", outdir, "--output-file-extension", "png")
+    assert result.exit_code == 0, result.output
+    files = written_files(outdir)
+    assert [f.name for f in files] == [
+        "000001_7_DDIM3_PS7.5_a_scenic_landscape.png",
+        "000002_8_DDIM3_PS7.5_a_scenic_landscape.png",
+        "000003_7_DDIM3_PS7.5_a_dog.png",
+        "000004_8_DDIM3_PS7.5_a_dog.png",
+    ]
+    assert all(f.parent == outdir / "generated" for f in files)
+    metadata = read_metadata(files[0])
+    assert metadata["seed"] == 7 and metadata["steps"] == 3 and metadata["sampler_type"] == "ddim"
+    assert read_parameters(files[2]).startswith("a dog\nSteps: 3, Sampler: DDIM, CFG scale: 7.5, Seed: 7, Size: 64x64")
+
+
+def test_second_run_never_overwrites(tiny_models, tmp_path):
+    args = ("a dog", "--model", tiny_models["tiny-sd15"], "--steps", 2, "--seed", 1, "--outdir", tmp_path)
+    assert invoke(*args).exit_code == 0
+    first = written_files(tmp_path)
+    first_bytes = first[0].read_bytes()
+    assert invoke(*args).exit_code == 0
+    files = written_files(tmp_path)
+    assert len(files) == 2 and files[0].read_bytes() == first_bytes
+    assert re.match(r"000002_1_KDPMPP2M2_PS7.5_a_dog\.jpg", files[1].name)
+
+
+def test_summary_line(tiny_models, tmp_path):
+    result = CliRunner().invoke(imagine_cmd, ["a dog", "--model", str(tiny_models["tiny-sd15"]), "--steps", "2",
+                                              "--seed", "1", "--outdir", str(tmp_path), "-w", "64", "-h", "64"])
+    assert result.exit_code == 0
+    assert 'Generating 🖼 : "a dog" 64x64px seed:1 prompt-strength:7.5 steps:2 sampler-type:k_dpmpp_2m' in result.output
+
+
+def test_no_prompt_is_a_usage_error():
+    result = CliRunner().invoke(imagine_cmd, [])
+    assert result.exit_code == 2
+    assert "give at least one prompt" in result.output
+
+
+@pytest.fixture
+def corrupt_checkpoint(tmp_path):
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    return path
+
+
+BAD_INPUTS = {
+    "missing init image": (["--init-image", "{tmp}/nope.jpg"], 2, "nope.jpg"),
+    "unknown sampler": (["--sampler-type", "k_wrong"], 2, "k_wrong"),
+    "unknown model": (["--model", "sd-9"], 2, "unknown model 'sd-9'"),
+    "missing model file": (["--model", "{tmp}/missing.safetensors"], 2, "missing.safetensors"),
+    "zero steps": (["--steps", "0"], 2, "steps"),
+    "strength above one": (["--init-image-strength", "1.5"], 2, "init_image_strength"),
+    "absurd width": (["-w", "100000"], 2, "width"),
+    "negative seed": (["--seed", "-1"], 2, "seed"),
+    "corrupt checkpoint": (["--model", "{corrupt}"], 1, "corrupt.safetensors"),
+    "wrong architecture": (["--model-config", "{repo}/imaginairy/configs/sd-v2.yaml"], 1, "does not fit"),
+    "unwritable outdir": (["--outdir", "{tmp}/a-file/out"], 1, "a-file"),
+    "init image url fails": (["--init-image", "{url}/missing.png"], 1, "404"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_and_no_file(case, tiny_models, tmp_path, corrupt_checkpoint, http_server):
+    extra, exit_code, mentioned = BAD_INPUTS[case]
+    (tmp_path / "a-file").write_text("not a folder")
+    outdir = tmp_path / "out"
+    values = {"tmp": tmp_path, "corrupt": corrupt_checkpoint, "url": http_server[0],
+              "repo": Path(__file__).resolve().parents[2]}
+    extra = [arg.format(**values) for arg in extra]
+    args = ["a dog", "--model", str(tiny_models["tiny-sd15"]), "--steps", "2", "--outdir", str(outdir), *extra]
+    result = CliRunner().invoke(imagine_cmd, args)
+    assert result.exit_code == exit_code, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    error_lines = [line for line in result.output.splitlines() if line.startswith(("Error", "Usage", "Try"))]
+    assert any(mentioned in line for line in error_lines), result.output
+    assert "Traceback" not in result.output
+    assert written_files(outdir) == []
+
+
+def test_real_process_exit_codes_and_no_traceback(tmp_path):
+    result = subprocess.run([str(IMAGINE_BIN), "a dog", "--init-image", str(tmp_path / "nope.jpg")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = "import sys, imaginairy.cli.imagine; assert 'torch' not in sys.modules and 'PIL' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    start = time.perf_counter()
+    result = subprocess.run([str(IMAGINE_BIN), "--help"], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0 and "--sampler-type" in result.stdout
+    assert elapsed < 2.0  # about 0.1 s on an idle machine; generous for loaded CI

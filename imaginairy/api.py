@@ -31,9 +31,14 @@ def imagine(
     from imaginairy.pipeline import generate
     from imaginairy.utils.devices import default_device
 
+    from imaginairy.enhancers.safety import ensure_safety_available
+
     device = device or default_device()
     cache = model_cache if model_cache is not None else default_model_cache()
-    for prompt in normalize_prompts(prompts):
+    prompts = normalize_prompts(prompts)
+    for mode in {p.safety_mode for p in prompts}:
+        ensure_safety_available(mode)
+    for prompt in prompts:
         logger.info("Generating 🖼 : %s", prompt_summary(prompt))
         model = load_model(prompt, device, cache)
         yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event)
@@ -47,17 +52,21 @@ def imagine_image_files(
     show_progress: bool = True,
     **imagine_kwargs,
 ) -> list[Path]:
-    """Generate every prompt and save each image under `outdir/generated/`, never overwriting a file."""
+    """Generate every prompt and save each of its images under `outdir/<kind>/` (`generated`, `upscaled`, ...),
+    never overwriting a file. Returns the paths of the final images."""
     from imaginairy.utils.outputs import prepare_outdir, save_result
 
-    generated_dir = prepare_outdir(Path(outdir) / "generated")
+    outdir = Path(outdir)
+    prepare_outdir(outdir / "generated")
     paths = []
     callback = imagine_kwargs.pop("progress_callback", None)
     with ProgressBar(show_progress, callback) as progress:
         for result in imagine(prompts, progress_callback=progress, **imagine_kwargs):
-            path = save_result(result, generated_dir, extension=output_file_extension)
-            logger.info("    saved to %s", path)
-            paths.append(path)
+            for kind in result.images:
+                path = save_result(result, prepare_outdir(outdir / kind), output_file_extension, image_type=kind)
+                logger.info("    saved %s image to %s", kind, path)
+                if kind == result.final_kind:
+                    paths.append(path)
     return paths
 
 

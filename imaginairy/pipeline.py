@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 
 from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
@@ -48,7 +49,36 @@ def generate(
     latent = generate_latent(prompt, model, init_image, progress_callback=progress_callback, cancel_event=cancel_event)
     with precision_context(prompt.precision, latent.device):
         pixels = model.decode_latent(latent.to(model_dtype(model)))
-    return ImagineResult(images={"generated": tensor_to_pil(pixels.float())}, prompt=prompt)
+    images, notes = postprocess(tensor_to_pil(pixels.float()), prompt, latent.device)
+    result = ImagineResult(images=images, prompt=prompt)
+    result.metadata.update(notes)
+    return result
+
+
+def postprocess(image: Image.Image, prompt: ImaginePrompt, device: torch.device) -> tuple[dict, dict]:
+    """Step 5: safety check, then face fixing and upscaling when asked for. Returns (images by kind, metadata notes).
+
+    The safety check comes first so that, in `filter` mode, a flagged image is blurred before anything else sees it.
+    """
+    from imaginairy.enhancers.safety import apply_safety_mode
+
+    (image,), (safety,) = apply_safety_mode([image], prompt.safety_mode, device=device)
+    images = {"generated": image}
+    notes = {"safety": safety.to_metadata()}
+    if prompt.fix_faces:
+        from imaginairy.enhancers.face_fix import fix_faces
+
+        image = images["face_fixed"] = fix_faces(image, fidelity=prompt.fix_faces_fidelity, device=device)
+    if prompt.upscale:
+        from imaginairy.enhancers.upscale import upscale_image
+
+        image = images["upscaled"] = upscale_image(image, device=device)
+    if prompt.caption:
+        from imaginairy.enhancers.describe import generate_caption
+
+        notes["caption"] = generate_caption(image, device=device)
+        logger.info("    caption: %s", notes["caption"])
+    return images, notes
 
 
 @torch.inference_mode()

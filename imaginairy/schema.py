@@ -40,6 +40,9 @@ SAMPLER_TYPES = (
 )
 TILE_MODES = ("", "x", "y", "xy")
 PRECISIONS = ("full", "autocast", "bf16", "fp16")
+SAFETY_MODES = ("off", "classify", "filter")
+# Kinds of image in an ImagineResult that can be its final image, the later processing steps first.
+FINAL_IMAGE_KINDS = ("modified_original", "upscaled", "face_fixed", "generated")
 
 SEED_LIMIT = 2**64
 RANDOM_SEED_LIMIT = 2**32
@@ -242,6 +245,11 @@ class ImaginePrompt:
     model: str = "sd-1.5"
     model_config: str | None = None
     precision: str = "full"
+    fix_faces: bool = False
+    fix_faces_fidelity: float = 0.2
+    upscale: bool = False
+    caption: bool = False
+    safety_mode: str | None = None
 
     def __post_init__(self):
         positive, negative_from_prompt = _split_by_sign(_weighted_prompts(self.prompt, "prompt"))
@@ -266,6 +274,12 @@ class ImaginePrompt:
         self.model = _check_model(self.model)
         self.model_config = _check_model_config(self.model_config)
         self.precision = _check_choice(self.precision, "precision", PRECISIONS)
+        self.fix_faces = _check_flag(self.fix_faces, "fix_faces")
+        self.fix_faces_fidelity = _check_unit_interval(self.fix_faces_fidelity, "fix_faces_fidelity")
+        self.upscale = _check_flag(self.upscale, "upscale")
+        self.caption = _check_flag(self.caption, "caption")
+        if self.safety_mode is not None:
+            self.safety_mode = _check_choice(self.safety_mode, "safety_mode", SAFETY_MODES)
 
     @property
     def prompts(self) -> list[WeightedPrompt]:
@@ -306,6 +320,11 @@ class ImaginePrompt:
             "model": self.model,
             "model_config": self.model_config,
             "precision": self.precision,
+            "fix_faces": self.fix_faces,
+            "fix_faces_fidelity": self.fix_faces_fidelity,
+            "upscale": self.upscale,
+            "caption": self.caption,
+            "safety_mode": self.safety_mode,
         }
 
 
@@ -386,6 +405,12 @@ def _check_choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _check_flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{field} must be True or False; got {value!r}.")
+    return value
+
+
 def _check_ddim_eta(value: Any) -> float:
     if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise InvalidInputError(f"ddim_eta must be a finite number >= 0, got {value!r}.")
@@ -450,8 +475,12 @@ class ImagineResult:
 
     @property
     def img(self) -> Image.Image:
-        """The main (generated) image."""
-        return self.images["generated"]
+        """The final image: the first present of FINAL_IMAGE_KINDS (the generated image after every step asked for)."""
+        return next(self.images[kind] for kind in FINAL_IMAGE_KINDS if kind in self.images)
+
+    @property
+    def final_kind(self) -> str:
+        return next(kind for kind in FINAL_IMAGE_KINDS if kind in self.images)
 
     image = img
 

@@ -8,7 +8,7 @@ import logging
 import click
 
 from imaginairy.cli.errors import reported_errors
-from imaginairy.schema import PRECISIONS, SAMPLER_TYPES, ImaginePrompt
+from imaginairy.schema import PRECISIONS, SAFETY_MODES, SAMPLER_TYPES, ImaginePrompt
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImaginePrompt)}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -43,12 +43,19 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
               help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,
               help="Number format of the computation.")
+@click.option("--fix-faces", is_flag=True, help="Restore faces with CodeFormer.")
+@click.option("--fix-faces-fidelity", type=click.FloatRange(0, 1), default=DEFAULTS["fix_faces_fidelity"],
+              show_default=True, help="0 = the restorer's own face, 1 = closest to the generated face.")
+@click.option("--upscale", is_flag=True, help="Upscale the image 4x with RealESRGAN.")
+@click.option("--caption", is_flag=True, help="Describe the finished image with BLIP (printed and stored).")
+@click.option("--safety-mode", type=click.Choice(SAFETY_MODES),
+              help="NSFW check: off, classify (flag it), filter (blur it) [default: $IMAGINAIRY_SAFETY_MODE or classify].")
 @click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
 def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, outdir, repeats,
                 height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
-                output_file_extension, log_level, quiet):
+                fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
     \b
@@ -76,6 +83,11 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
                 model=model,
                 model_config=model_config,
                 precision=precision,
+                fix_faces=fix_faces,
+                fix_faces_fidelity=fix_faces_fidelity,
+                upscale=upscale,
+                caption=caption,
+                safety_mode=safety_mode,
             )
             for text in prompt_texts
             for repeat in range(repeats)

@@ -34,6 +34,7 @@ from imaginairy.errors import (
     SafetyCheckUnavailableError,
     WeightsUnavailableError,
 )
+from imaginairy.schema import SAFETY_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAFETY_MODES = ("off", "classify", "filter")
 DEFAULT_SAFETY_MODE = "classify"
 SAFETY_MODE_ENV = "IMAGINAIRY_SAFETY_MODE"
 SAFETY_CHECKER_REPO = "CompVis/stable-diffusion-safety-checker"

@@ -307,12 +307,9 @@ def keepalive_answer(request_id: str, received_ms: int) -> generation.Answer:
 
 
 def finish_reason(result: ImagineResult) -> int:
-    """STOP for a finished image.
-
-    Safety hook: when the safety checker lands in the pipeline (issue 3), return `generation.FILTER` here for an
-    image it flags (the result's image is then already the blurred one in `filter` mode, or withheld as configured).
-    """
-    return generation.STOP
+    """FILTER when the safety checker flagged the image (in `filter` mode the image sent is the blurred one), else
+    STOP."""
+    return generation.FILTER if result.metadata.get("safety", {}).get("is_nsfw") else generation.STOP
 
 
 def png_bytes(result: ImagineResult, *, embed_metadata: bool) -> bytes:

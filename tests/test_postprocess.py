@@ -1,0 +1,100 @@
+"""Step 5 of the pipeline on the tiny models: safety check, upscaling and captions as imagine() runs them."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from imaginairy import ImaginePrompt, imagine, imagine_image_files
+from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
+from imaginairy.errors import SafetyCheckUnavailableError
+from imaginairy.models.cache import ModelCache
+from imaginairy.models.weights import url_cache_path
+from imaginairy.utils.metadata import read_metadata
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return ModelCache(max_bytes=2**30)
+
+
+@pytest.fixture(scope="module")
+def enhancer_dir(tmp_path_factory):
+    from tiny_enhancers import make_tiny_blip, make_tiny_realesrgan, make_tiny_safety_checker
+
+    root = tmp_path_factory.mktemp("tiny-enhancers")
+    return {
+        "realesrgan": make_tiny_realesrgan(root / "RealESRGAN_x4plus.pth"),
+        "blip": make_tiny_blip(root / "blip"),
+        "flagging_checker": make_tiny_safety_checker(root / "flags-all", concept_threshold=-1.5),
+        "passing_checker": make_tiny_safety_checker(root / "flags-none", concept_threshold=1.5),
+    }
+
+
+def prompt(tiny_models, **kwargs):
+    return ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), steps=2, seed=1, **kwargs)
+
+
+def test_upscale_uses_the_cached_download_and_saves_both_images(tiny_models, cache, enhancer_dir, tmp_path):
+    """The default RealESRGAN URL is resolved through the real download cache, seeded with the tiny weights."""
+    cached = url_cache_path(REALESRGAN_X4PLUS_WEIGHTS)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(enhancer_dir["realesrgan"], cached)
+    paths = imagine_image_files([prompt(tiny_models, upscale=True)], tmp_path, model_cache=cache, device="cpu",
+                                show_progress=False)
+    generated = list((tmp_path / "generated").iterdir())
+    upscaled = list((tmp_path / "upscaled").iterdir())
+    assert len(generated) == 1 and paths == upscaled
+    from PIL import Image
+
+    assert Image.open(generated[0]).size == (64, 64)
+    assert Image.open(upscaled[0]).size == (256, 256)
+    assert read_metadata(upscaled[0])["upscale"] is True
+
+
+def test_filter_mode_blurs_a_flagged_image_and_records_it(tiny_models, cache, enhancer_dir, monkeypatch):
+    monkeypatch.setenv("IMAGINAIRY_SAFETY_CHECKER_MODEL", str(enhancer_dir["flagging_checker"]))
+    plain = next(imagine(prompt(tiny_models, safety_mode="off"), model_cache=cache, device="cpu"))
+    filtered = next(imagine(prompt(tiny_models, safety_mode="filter"), model_cache=cache, device="cpu"))
+    assert filtered.metadata["safety"] == {"is_nsfw": True, "checked": True, "filtered": True}
+    assert plain.metadata["safety"]["checked"] is False
+
+    def roughness(image):
+        return np.abs(np.diff(np.asarray(image, dtype=np.float32), axis=1)).mean()
+
+    assert roughness(filtered.img) < roughness(plain.img) / 3
+
+
+def test_classify_mode_flags_without_changing_the_image(tiny_models, cache, enhancer_dir, monkeypatch):
+    monkeypatch.setenv("IMAGINAIRY_SAFETY_CHECKER_MODEL", str(enhancer_dir["flagging_checker"]))
+    plain = next(imagine(prompt(tiny_models, safety_mode="off"), model_cache=cache, device="cpu"))
+    flagged = next(imagine(prompt(tiny_models, safety_mode="classify"), model_cache=cache, device="cpu"))
+    assert flagged.metadata["safety"] == {"is_nsfw": True, "checked": True, "filtered": False}
+    assert flagged.img.tobytes() == plain.img.tobytes()
+    monkeypatch.setenv("IMAGINAIRY_SAFETY_CHECKER_MODEL", str(enhancer_dir["passing_checker"]))
+    passed = next(imagine(prompt(tiny_models, safety_mode="filter"), model_cache=cache, device="cpu"))
+    assert passed.metadata["safety"] == {"is_nsfw": False, "checked": True, "filtered": False}
+    assert passed.img.tobytes() == plain.img.tobytes()
+
+
+def test_without_checker_weights_classify_records_no_check_and_filter_fails_before_generating(tiny_models, tmp_path):
+    result = next(imagine(prompt(tiny_models, safety_mode="classify"), device="cpu",
+                          model_cache=ModelCache(max_bytes=2**30)))
+    assert result.metadata["safety"] == {"is_nsfw": None, "checked": False, "filtered": False}
+    untouched_cache = ModelCache(max_bytes=2**30)
+    with pytest.raises(SafetyCheckUnavailableError):
+        imagine_image_files([prompt(tiny_models, safety_mode="filter")], tmp_path, model_cache=untouched_cache,
+                            device="cpu")
+    assert len(untouched_cache) == 0  # failed before any model was loaded
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_caption_is_stored_in_the_metadata(tiny_models, cache, enhancer_dir, monkeypatch):
+    from imaginairy.enhancers.describe import generate_caption
+
+    monkeypatch.setenv("IMAGINAIRY_BLIP_MODEL", str(enhancer_dir["blip"]))
+    result = next(imagine(prompt(tiny_models, caption=True, safety_mode="off"), model_cache=cache, device="cpu"))
+    assert isinstance(result.metadata["caption"], str)
+    assert result.metadata["caption"] == generate_caption(result.img, device="cpu")

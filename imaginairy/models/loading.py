@@ -60,15 +60,19 @@ def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dt
     state_dict = load_state_dict(weights_path)
     config_path = spec.config_path or infer_config_path(state_dict, weights_path.name)
     config = load_model_config(config_path)
-    model = build_latent_diffusion(config)
+    with torch.device("meta"):  # no memory and no random init for weights that are about to be replaced
+        model = build_latent_diffusion(config)
     component_weights = {k: v for k, v in state_dict.items() if k.startswith(COMPONENT_PREFIXES)}
     try:
-        model.load_state_dict(component_weights, strict=True)
+        model.load_state_dict(component_weights, strict=True, assign=True)
     except RuntimeError as e:
         raise ModelLoadError(
             f"{weights_path.name} does not fit the architecture in {Path(config_path).name} "
             f"({_first_line_of_mismatch(e)}); pass --model-config with the matching config"
         ) from e
+    left_on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left_on_meta:
+        raise ModelLoadError(f"{weights_path.name}: no values for {', '.join(left_on_meta[:3])}")
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

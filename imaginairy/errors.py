@@ -47,3 +47,7 @@ class SafetyCheckUnavailableError(ModelLoadError):
 
 class MaskExpressionError(InvalidInputError):
     """A mask prompt is not a valid mask expression (the message names the column and what was expected)."""
+
+
+class EmptyMaskError(InvalidInputError):
+    """A mask leaves nothing to regenerate (it found nothing, or covers nothing the generation sees)."""

@@ -11,6 +11,16 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from imaginairy.masking.inpaint import (
+    Edit,
+    composited_onto_frame,
+    edit_result_images,
+    inpainting_mask_and_image,
+    is_edit,
+    latent_mask,
+    mask_tensor,
+    prepare_edit,
+)
 from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
 from imaginairy.samplers import NoiseSchedule, sample
@@ -38,20 +48,32 @@ def generate(
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
 ) -> ImagineResult:
-    prompt = resolve_size(prompt, model)
+    edit = prepare_edit(prompt, model.settings.default_size, model_device(model)) if is_edit(prompt) else None
+    if edit is None:
+        prompt = resolve_size(prompt, model)
+    else:
+        prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
     init_image = None
-    if prompt.init_image is not None and prompt.init_image_strength > 0:
-        init_image = prompt.init_image.as_pil()
-        init_image = resize_and_crop(init_image, prompt.width, prompt.height)
-        if prompt.init_image_strength >= 1:
-            logger.info("init image strength is 1: the init image is returned unchanged")
-            return ImagineResult(images={"generated": init_image}, prompt=prompt)
-    latent = generate_latent(prompt, model, init_image, progress_callback=progress_callback, cancel_event=cancel_event)
+    if edit is not None:
+        init_image = edit.init_image
+    elif prompt.init_image is not None and prompt.init_image_strength > 0:
+        init_image = resize_and_crop(prompt.init_image.as_pil(), prompt.width, prompt.height)
+    if init_image is not None and prompt.init_image_strength >= 1:
+        logger.info("init image strength is 1: the init image is returned unchanged")
+        return ImagineResult(images={"generated": init_image if edit is None else edit.frame_image}, prompt=prompt)
+    latent = generate_latent(
+        prompt, model, init_image, edit=edit, progress_callback=progress_callback, cancel_event=cancel_event
+    )
     with precision_context(prompt.precision, latent.device):
         pixels = model.decode_latent(latent.to(model_dtype(model)))
-    images, notes = postprocess(tensor_to_pil(pixels.float()), prompt, latent.device)
+    generated = tensor_to_pil(pixels.float())
+    if edit is not None:
+        generated = composited_onto_frame(edit, generated)
+    images, notes = postprocess(generated, prompt, latent.device)
     result = ImagineResult(images=images, prompt=prompt)
     result.metadata.update(notes)
+    if edit is not None:
+        result.images.update(edit_result_images(edit, result.img))
     return result
 
 
@@ -87,11 +109,17 @@ def generate_latent(
     model: LatentDiffusion,
     init_image=None,
     *,
+    edit: Edit | None = None,
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
 ) -> torch.Tensor:
-    """Steps 1-3: the final latent (float32) for a prompt whose size is resolved."""
-    device = next(model.parameters()).device
+    """Steps 1-3: the final latent (float32) for a prompt whose size is resolved.
+
+    With an `edit` (whose `init_image` is `init_image`) a 4-channel model blends the kept region back at every
+    step; an inpainting (9-channel) model is conditioned on the edit's mask and masked image instead, and on
+    "regenerate everything" without an edit.
+    """
+    device = model_device(model)
     settings = model.settings
     generator = torch.Generator("cpu").manual_seed(prompt.seed)
     noise = initial_noise(generator, prompt.width, prompt.height).to(device)
@@ -103,10 +131,16 @@ def generate_latent(
         if init_image is not None:
             pixels = pil_to_tensor(init_image).to(device=device, dtype=model_dtype(model))
             init_latent = model.encode_image(pixels).float()
+        model_fn, mask = unet_function(model), None
+        if settings.is_inpainting:
+            conditioning = inpainting_conditioning(model, edit, prompt.width, prompt.height)
+            model_fn = inpainting_unet_function(model, *conditioning)
+        elif edit is not None:
+            mask = latent_mask(edit).to(device)
         schedule = NoiseSchedule(settings.linear_start, settings.linear_end, settings.num_timesteps)
         return sample(
             prompt.sampler_type,
-            unet_function(model),
+            model_fn,
             schedule,
             noise=noise,
             steps=prompt.steps,
@@ -116,6 +150,7 @@ def generate_latent(
             prediction_type=settings.prediction_type,
             init_latent=init_latent,
             denoise_strength=1.0 - prompt.init_image_strength if init_latent is not None else 1.0,
+            mask=mask,
             ddim_eta=prompt.ddim_eta,
             generator=generator,
             callback=progress_callback,
@@ -146,6 +181,36 @@ def unet_function(model: LatentDiffusion):
         return model.unet(x.to(dtype), t, context.to(dtype)).float()
 
     return unet
+
+
+def inpainting_conditioning(
+    model: LatentDiffusion, edit: Edit | None, width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a 9-channel UNet takes besides the latent: the mask at latent resolution [1, 1, h, w] and the latent of
+    the image with its regenerated pixels blanked [1, 4, h, w]. Without an edit everything is regenerated."""
+    if edit is None:
+        regenerate, pixels = torch.ones(1, 1, height, width), torch.zeros(1, 3, height, width)
+    else:
+        regenerate, pixels = mask_tensor(edit.frame_regenerate), pil_to_tensor(edit.init_image)
+    mask, masked_image = inpainting_mask_and_image(regenerate, pixels)
+    device, dtype = model_device(model), model_dtype(model)
+    return mask.to(device), model.encode_image(masked_image.to(device=device, dtype=dtype)).float()
+
+
+def inpainting_unet_function(model: LatentDiffusion, mask: torch.Tensor, masked_image_latent: torch.Tensor):
+    """The 9-channel UNet as the samplers call it: [x, mask, masked image latent] concatenated on the channels,
+    the conditioning repeated to the batch (two under classifier-free guidance)."""
+    unet = unet_function(model)
+    conditioning = torch.cat([mask, masked_image_latent], dim=1)
+
+    def inpainting_unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return unet(torch.cat([x, conditioning.expand(x.shape[0], -1, -1, -1)], dim=1), t, context)
+
+    return inpainting_unet
+
+
+def model_device(model: LatentDiffusion) -> torch.device:
+    return next(model.parameters()).device
 
 
 def model_dtype(model: LatentDiffusion) -> torch.dtype:

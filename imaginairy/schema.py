@@ -39,6 +39,9 @@ SAMPLER_TYPES = (
     "k_dpm_adaptive",
 )
 TILE_MODES = ("", "x", "y", "xy")
+MASK_MODES = ("replace", "keep")
+# With a mask and the model left at its default, the default's inpainting variant is used.
+INPAINTING_VARIANTS = {"sd-1.5": "sd-1.5-inpainting"}
 PRECISIONS = ("full", "autocast", "bf16", "fp16")
 SAFETY_MODES = ("off", "classify", "filter")
 # Kinds of image in an ImagineResult that can be its final image, the later processing steps first.
@@ -235,6 +238,13 @@ class ImaginePrompt:
     prompt_strength: float = 7.5
     init_image: Any = None
     init_image_strength: float = 0.2
+    # inpainting / outpainting (imaginairy.masking.inpaint)
+    mask_prompt: str | None = None
+    mask_image: Any = None
+    mask_mode: str = "replace"
+    mask_modify_original: bool = True
+    outpaint: str | None = None
+    seamless_boost: float = 0.0
     seed: int | None = None
     steps: int = 40
     width: int | None = None
@@ -264,6 +274,13 @@ class ImaginePrompt:
         self.prompt_strength = _check_prompt_strength(self.prompt_strength)
         self.init_image = _as_lazy_image(self.init_image)
         self.init_image_strength = _check_unit_interval(self.init_image_strength, "init_image_strength")
+        self.mask_prompt = _check_mask_prompt(self.mask_prompt)
+        self.mask_image = _as_lazy_image(self.mask_image, "mask_image")
+        self.mask_mode = _check_choice(self.mask_mode, "mask_mode", MASK_MODES)
+        self.mask_modify_original = _check_flag(self.mask_modify_original, "mask_modify_original")
+        self.outpaint = _check_outpaint(self.outpaint)
+        self.seamless_boost = _check_unit_interval(self.seamless_boost, "seamless_boost")
+        _check_edit_inputs(self)
         self.seed = _check_seed(self.seed)
         self.steps = _check_steps(self.steps)
         self.width = _check_side(self.width, "width")
@@ -310,6 +327,12 @@ class ImaginePrompt:
             "prompt_strength": self.prompt_strength,
             "init_image": self.init_image.source if self.init_image is not None else None,
             "init_image_strength": self.init_image_strength,
+            "mask_prompt": self.mask_prompt,
+            "mask_image": self.mask_image.source if self.mask_image is not None else None,
+            "mask_mode": self.mask_mode,
+            "mask_modify_original": self.mask_modify_original,
+            "outpaint": self.outpaint,
+            "seamless_boost": self.seamless_boost,
             "seed": self.seed,
             "steps": self.steps,
             "width": self.width,
@@ -435,7 +458,41 @@ def _check_model_config(value: Any) -> str | None:
     return value
 
 
-def _as_lazy_image(value: Any) -> LazyLoadingImage | None:
+def _check_mask_prompt(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"mask_prompt must be a mask expression string, got {type(value).__name__}.")
+    if not value.strip():
+        return None
+    from imaginairy.masking.expression import parse_mask_expression
+
+    parse_mask_expression(value)
+    return value.strip()
+
+
+def _check_outpaint(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    from imaginairy.masking.outpaint import parse_outpaint_spec
+
+    parse_outpaint_spec(value)
+    return value.strip().lower()
+
+
+def _check_edit_inputs(prompt: ImaginePrompt) -> None:
+    """Masks and outpainting edit an init image; a mask comes from a prompt or an image, not both. With a mask or an
+    outpaint spec and the default model, the model becomes the default's inpainting variant."""
+    edit_fields = [name for name in ("mask_prompt", "mask_image", "outpaint") if getattr(prompt, name) is not None]
+    if edit_fields and prompt.init_image is None:
+        raise InvalidInputError(f"{edit_fields[0]} edits an init image: give init_image too.")
+    if prompt.mask_prompt is not None and prompt.mask_image is not None:
+        raise InvalidInputError("Give either mask_prompt or mask_image, not both.")
+    if edit_fields and prompt.model in INPAINTING_VARIANTS:
+        prompt.model = INPAINTING_VARIANTS[prompt.model]
+
+
+def _as_lazy_image(value: Any, field: str = "init_image") -> LazyLoadingImage | None:
     if value is None or isinstance(value, LazyLoadingImage):
         return value
     if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
@@ -447,7 +504,7 @@ def _as_lazy_image(value: Any) -> LazyLoadingImage | None:
     if isinstance(value, Image.Image):
         return LazyLoadingImage(img=value)
     raise InvalidInputError(
-        "init_image must be a file path, an http(s) URL, a PIL image or a LazyLoadingImage; "
+        f"{field} must be a file path, an http(s) URL, a PIL image or a LazyLoadingImage; "
         f"got {type(value).__name__}."
     )
 

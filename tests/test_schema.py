@@ -148,6 +148,17 @@ def test_defaults():
         "model": "sd-1.5",
         "model_config": None,
         "precision": "full",
+        "fix_faces": False,
+        "fix_faces_fidelity": 0.2,
+        "upscale": False,
+        "caption": False,
+        "safety_mode": None,
+        "mask_prompt": None,
+        "mask_image": None,
+        "mask_mode": "replace",
+        "mask_modify_original": True,
+        "outpaint": None,
+        "seamless_boost": 0.0,
     }
 
 
@@ -360,6 +371,17 @@ def test_to_metadata(image_path):
         "model": "sd-1.5",
         "model_config": None,
         "precision": "full",
+        "fix_faces": False,
+        "fix_faces_fidelity": 0.2,
+        "upscale": False,
+        "caption": False,
+        "safety_mode": None,
+        "mask_prompt": None,
+        "mask_image": None,
+        "mask_mode": "replace",
+        "mask_modify_original": True,
+        "outpaint": None,
+        "seamless_boost": 0.0,
     }
 
 
@@ -385,8 +407,9 @@ def result():
     return ImagineResult(images, prompt)
 
 
-def test_result_main_image_and_metadata(result):
-    assert result.img is result.images["generated"]
+def test_result_main_image_is_the_last_step_and_metadata_describes_the_generated_one(result):
+    assert result.img is result.images["upscaled"]
+    assert result.final_kind == "upscaled"
     assert result.image is result.img
     assert result.metadata["seed"] == 557988237
     assert (result.metadata["width"], result.metadata["height"]) == (64, 48)

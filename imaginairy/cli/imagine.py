@@ -8,7 +8,7 @@ import logging
 import click
 
 from imaginairy.cli.errors import reported_errors
-from imaginairy.schema import PRECISIONS, SAFETY_MODES, SAMPLER_TYPES, ImaginePrompt
+from imaginairy.schema import MASK_MODES, PRECISIONS, SAFETY_MODES, SAMPLER_TYPES, ImaginePrompt
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImaginePrompt)}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -22,6 +22,19 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--init-image", help="Start from this image (a path or an http(s) URL) instead of pure noise.")
 @click.option("--init-image-strength", type=float, default=DEFAULTS["init_image_strength"], show_default=True,
               help="How much of the init image to keep: 0 ignores it, 1 returns it unchanged.")
+@click.option("--mask-prompt", help='Edit only what this describes in the init image, e.g. "fruit OR fruit stem{*1.5}" '
+              "(AND, OR, NOT, parentheses, strength modifiers {*1.5} {+0.1}).")
+@click.option("--mask-image", help="Edit only the white area of this black/white image (a path or an http(s) URL). "
+              "Without a mask, a PNG init image's transparent pixels are the mask.")
+@click.option("--mask-mode", type=click.Choice(MASK_MODES), default=DEFAULTS["mask_mode"], show_default=True,
+              help="replace: regenerate the mask area; keep: keep it and regenerate everything else.")
+@click.option("--mask-modify-original/--no-mask-modify-original", default=DEFAULTS["mask_modify_original"],
+              show_default=True, help="Also save the init image at full size with only the mask area changed.")
+@click.option("--outpaint", help="Extend the init image's canvas and fill it, e.g. all100,up50,left200 "
+              "(pixels per side; a named side overrides all).")
+@click.option("--seamless-boost", type=float, default=DEFAULTS["seamless_boost"], show_default=True,
+              help="0..1: start the area to regenerate from noise shaped like the image and let the protected "
+              "area near the mask change too, by this much.")
 @click.option("--outdir", default="./outputs", show_default=True, type=click.Path(file_okay=False),
               help="Where to write the images (into OUTDIR/generated).")
 @click.option("-r", "--repeats", type=click.IntRange(min=1), default=1, show_default=True,
@@ -53,7 +66,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
-def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, outdir, repeats,
+def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, mask_prompt,
+                mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
                 height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
                 fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
@@ -73,6 +87,12 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
                 prompt_strength=prompt_strength,
                 init_image=init_image,
                 init_image_strength=init_image_strength,
+                mask_prompt=mask_prompt,
+                mask_image=mask_image,
+                mask_mode=mask_mode,
+                mask_modify_original=mask_modify_original,
+                outpaint=outpaint,
+                seamless_boost=seamless_boost,
                 seed=None if seed is None else seed + repeat,
                 steps=steps,
                 width=width,

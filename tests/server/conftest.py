@@ -39,6 +39,10 @@ def make_server(engines_file, model_cache):
         settings = {"port": 0, "engines_config": str(engines_file), "keepalive_seconds": 0.3,
                     "model_cache": model_cache, **overrides}
         server = start_server(ServerConfig(**settings))
+        while str(server.port).endswith("443"):  # stability_sdk takes any host ending in 443 for TLS
+            replacement = start_server(ServerConfig(**settings))
+            server.stop(grace=0)
+            server = replacement
         servers.append(server)
         return server
 

@@ -44,9 +44,9 @@ def diffusers_pipeline(weights_path, scheduler) -> StableDiffusionPipeline:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def our_run(weights_path, sampler_type, steps):
+def our_run(weights_path, sampler_type, steps, width=None, height=None):
     prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), steps=steps, seed=42,
-                           sampler_type=sampler_type)
+                           sampler_type=sampler_type, width=width, height=height)
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     prompt = pipeline.resolve_size(prompt, model)
     with torch.inference_mode():
@@ -59,13 +59,16 @@ def our_run(weights_path, sampler_type, steps):
 
 
 @pytest.mark.parametrize(
-    ("model_name", "prediction_type"), [("tiny-sd15", "epsilon"), ("tiny-sd21-v", "v_prediction")]
+    ("model_name", "prediction_type", "size"),
+    [("tiny-sd15", "epsilon", None), ("tiny-sd21-v", "v_prediction", None), ("tiny-sd15", "epsilon", (96, 72))],
+    ids=["sd15", "sd21-v", "sd15-96x72"],  # 72 px = 9 latent rows: an odd side on the way down the UNet
 )
 @pytest.mark.parametrize("sampler_type", ["ddim", "k_euler"])
-def test_txt2img_matches_diffusers(tiny_models, model_name, prediction_type, sampler_type):
+def test_txt2img_matches_diffusers(tiny_models, model_name, prediction_type, size, sampler_type):
     steps = 5
     weights_path = tiny_models[model_name]
-    prompt, model, cond, uncond, noise, latent, image = our_run(weights_path, sampler_type, steps)
+    width, height = size or (None, None)
+    prompt, model, cond, uncond, noise, latent, image = our_run(weights_path, sampler_type, steps, width, height)
     call = {}
     if sampler_type == "ddim":
         scheduler = DDIMScheduler(**SD_SCHEDULE, steps_offset=1, set_alpha_to_one=False, clip_sample=False,

@@ -57,9 +57,11 @@ class ResBlock(nn.Module):
             self.skip_connection = nn.Conv2d(channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
-        h += self.emb_layers(emb)[:, :, None, None]
-        h = self.out_layers(h)
+        norm_in, _, conv_in = self.in_layers
+        norm_out, _, _, conv_out = self.out_layers
+        h = conv_in(F.silu(norm_in(x), inplace=True))
+        h += self.emb_layers[1](F.silu(emb))[:, :, None, None]
+        h = conv_out(F.silu(norm_out(h), inplace=True))
         return h.add_(self.skip_connection(x))
 
 
@@ -75,25 +77,35 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double the resolution (nearest neighbour), then a 3x3 convolution."""
+    """Double the resolution (nearest neighbour; to `size` when given), then a 3x3 convolution."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = TileableConv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
+        if size is None:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
 class TimestepBlock(nn.ModuleList):
-    """One UNet stage: a sequence of ResBlock / SpatialTransformer / Down- or Upsample layers."""
+    """One UNet stage: a sequence of ResBlock / SpatialTransformer / Down- or Upsample layers.
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    `upsample_size` is the resolution an Upsample must reach: the next skip connection's, which is not twice the
+    current one when a side was odd on the way down (latent sides that are not a multiple of 2**levels).
+    """
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, upsample_size: torch.Size | None = None
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         return x
@@ -190,5 +202,6 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h)

@@ -109,18 +109,15 @@ class SpatialTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        batch, _, height, width = x.shape
+        _, channels, height, width = x.shape
         h = self.norm(x)
-        if not self.use_linear:
-            h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2)
         if self.use_linear:
-            h = self.proj_in(h)
+            h = self.proj_in(h.flatten(2).transpose(1, 2))
+        else:
+            h = self.proj_in(h).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             h = block(h, context)
-        if self.use_linear:
-            h = self.proj_out(h)
-        h = h.transpose(1, 2).reshape(batch, -1, height, width)
-        if not self.use_linear:
-            h = self.proj_out(h)
-        return h.add_(x)
+        # A 1x1 convolution is a linear map over channels: applying it to the [B, H*W, C] tokens directly saves
+        # a copy back to [B, C, H, W] layout; the residual add below writes the result in that layout anyway.
+        h = F.linear(h, self.proj_out.weight.view(channels, -1), self.proj_out.bias)
+        return x + h.transpose(1, 2).unflatten(2, (height, width))

@@ -57,11 +57,9 @@ class ResBlock(nn.Module):
             self.skip_connection = nn.Conv2d(channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        norm_in, _, conv_in = self.in_layers
-        norm_out, _, _, conv_out = self.out_layers
-        h = conv_in(F.silu(norm_in(x), inplace=True))
-        h += self.emb_layers[1](F.silu(emb))[:, :, None, None]
-        h = conv_out(F.silu(norm_out(h), inplace=True))
+        h = self.in_layers(x)
+        h += self.emb_layers(emb)[:, :, None, None]
+        h = self.out_layers(h)
         return h.add_(self.skip_connection(x))
 
 
@@ -112,6 +110,11 @@ class TimestepBlock(nn.ModuleList):
 
 
 class UNetModel(nn.Module):
+    """Takes the CompVis `unet_config.params`: SD 1.x sets num_heads (1x1-conv projections in the transformers),
+    SD 2.x sets num_head_channels and use_linear_in_transformer; in_channels=9 gives the inpainting UNet.
+    Keys that do not change the architecture (image_size, use_checkpoint, use_fp16, legacy, dropout...) are ignored.
+    """
+
     def __init__(
         self,
         in_channels: int,
@@ -185,7 +188,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepBlock(layers))
 
         self.out = nn.Sequential(
-            group_norm(channels), nn.SiLU(inplace=True), TileableConv2d(model_channels, out_channels, 3, padding=1)
+            group_norm(channels), nn.SiLU(inplace=True), TileableConv2d(channels, out_channels, 3, padding=1)
         )
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

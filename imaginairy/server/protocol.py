@@ -51,7 +51,6 @@ MAX_SCHEDULE_START = 2.0
 SEED_MODULUS = 2**32  # Artifact.seed is a uint32
 PNG_MIME = "image/png"
 
-MASK_FIELDS = ("mask_image", "mask_mode", "seamless_boost")
 
 
 class BadRequest(InvalidInputError):
@@ -62,12 +61,6 @@ class BadRequest(InvalidInputError):
 class ImageInputs:
     init_image: Image.Image | None = None
     mask_image: Image.Image | None = None
-
-
-def masks_supported() -> bool:
-    """Whether `ImaginePrompt` takes the mask fields yet (they come with the inpainting work)."""
-    field_names = {field.name for field in dataclasses.fields(ImaginePrompt)}
-    return all(name in field_names for name in MASK_FIELDS)
 
 
 def request_to_prompts(request: generation.Request, engine: Engine) -> list[ImaginePrompt]:
@@ -261,9 +254,6 @@ def strength_settings(step: generation.StepParameter, images: ImageInputs) -> di
         settings["init_image_strength"] = 0.0 if seamless else 1.0 - start
     if images.mask_image is None and not seamless:
         return settings
-    if not masks_supported():
-        raise BadRequest("Masks (inpainting, and seamless outpainting with schedule.start > 1) are not supported "
-                         "by this server yet; send the request without ARTIFACT_MASK.")
     if images.mask_image is not None:
         # The Stability API's mask marks what to keep in white (and what to repaint in black), as does the alpha
         # channel of an init image (opaque: keep).

@@ -6,7 +6,7 @@ import pytest
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
 from imaginairy.server.engines import Engine
-from imaginairy.server.protocol import BadRequest, masks_supported, request_to_prompts, sample_seeds
+from imaginairy.server.protocol import BadRequest, request_to_prompts, sample_seeds
 from imaginairy.server.protocol import SAMPLERS
 
 ENGINE = Engine(id="e", model="sd-1.5", defaults={"steps": 3})
@@ -62,12 +62,8 @@ def test_schedule_start_is_strength_of_the_init_image():
     assert (prompt.width, prompt.height) == (96, 72)  # the init image's size, rounded down to multiples of 8
 
     req.image.parameters[0].schedule.start = 1.5  # seamless outpainting: full strength, boost 0.5
-    if masks_supported():
-        (prompt,) = request_to_prompts(req, ENGINE)
-        assert prompt.init_image_strength == 0 and prompt.seamless_boost == pytest.approx(0.5)
-    else:
-        with pytest.raises(BadRequest, match="not supported"):
-            request_to_prompts(req, ENGINE)
+    (prompt,) = request_to_prompts(req, ENGINE)
+    assert prompt.init_image_strength == 0 and prompt.seamless_boost == pytest.approx(0.5)
 
 
 def test_transparent_init_image_gives_the_mask():
@@ -82,12 +78,8 @@ def test_transparent_init_image_gives_the_mask():
     req = request()
     req.prompt.append(generation.Prompt(artifact=generation.Artifact(type=generation.ARTIFACT_IMAGE,
                                                                      binary=buffer.getvalue())))
-    if masks_supported():
-        (prompt,) = request_to_prompts(req, ENGINE)
-        assert prompt.mask_mode == "keep"
-    else:
-        with pytest.raises(BadRequest, match="not supported"):
-            request_to_prompts(req, ENGINE)
+    (prompt,) = request_to_prompts(req, ENGINE)
+    assert prompt.mask_mode == "keep"
 
 
 def test_default_engines_file_names_registered_models():

@@ -21,7 +21,6 @@ from stability_sdk.interfaces.gooseai.engines import engines_pb2
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
 
-from imaginairy.server.protocol import masks_supported
 
 from server_helpers import CALL_TIMEOUT, SIZE, TOKEN, decoded, image_artifacts, png_bytes, settings_of, text_request
 
@@ -121,7 +120,6 @@ def test_img2img(server):
     assert settings["init_image_strength"] == pytest.approx(0.4)
 
 
-@pytest.mark.skipif(not masks_supported(), reason="ImaginePrompt has no mask fields yet (issue 6)")
 def test_inpainting_keeps_the_white_area_of_the_mask(server):
     init = Image.new("RGB", (SIZE, SIZE), (30, 160, 30))
     mask = Image.new("L", (SIZE, SIZE), 255)
@@ -134,17 +132,6 @@ def test_inpainting_keeps_the_white_area_of_the_mask(server):
     kept = np.abs(out[:, SIZE // 2 + 8:] - original[:, SIZE // 2 + 8:]).mean()
     repainted = np.abs(out[:, : SIZE // 2 - 8] - original[:, : SIZE // 2 - 8]).mean()
     assert kept < repainted
-
-
-@pytest.mark.skipif(masks_supported(), reason="masks are supported")
-def test_mask_is_refused_clearly_until_masks_are_supported(stub):
-    request = text_request()
-    request.prompt.append(generation.Prompt(artifact=generation.Artifact(
-        type=generation.ARTIFACT_IMAGE, binary=png_bytes(Image.new("RGB", (SIZE, SIZE))))))
-    request.prompt.append(generation.Prompt(artifact=generation.Artifact(
-        type=generation.ARTIFACT_MASK, binary=png_bytes(Image.new("L", (SIZE, SIZE), 255)))))
-    error = rpc_error(stub.Generate(request, timeout=CALL_TIMEOUT))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not supported" in error.details()
 
 
 def test_chain_generate_single_stage(stub):

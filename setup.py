@@ -52,6 +52,7 @@ setup(
             "scikit-image>=0.21",
             "hypothesis>=6.80",
             "opencv-python-headless>=4.8",
+            "ruff>=0.5",
         ],
     },
 )

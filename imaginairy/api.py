@@ -28,10 +28,9 @@ def imagine(
     `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
     generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
     """
+    from imaginairy.enhancers.safety import ensure_safety_available
     from imaginairy.pipeline import generate
     from imaginairy.utils.devices import default_device
-
-    from imaginairy.enhancers.safety import ensure_safety_available
 
     device = device or default_device()
     cache = model_cache if model_cache is not None else default_model_cache()

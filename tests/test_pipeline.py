@@ -9,11 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imaginairy import ImaginePrompt, WeightedPrompt, imagine
+from imaginairy import ImaginePrompt, WeightedPrompt, imagine, pipeline
 from imaginairy.api import load_model
 from imaginairy.errors import GenerationCancelled
 from imaginairy.models.cache import ModelCache
-from imaginairy import pipeline
 
 
 @pytest.fixture(scope="module")

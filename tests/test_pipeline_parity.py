@@ -17,7 +17,13 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.loaders import single_file_utils as convert
 from k_diffusion import external
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from tiny_enhancers import make_tiny_blip, make_tiny_realesrgan
 
 from imaginairy.cli.aimg import aimg
-from tiny_enhancers import make_tiny_blip, make_tiny_realesrgan
 
 REPO = Path(__file__).resolve().parent.parent.parent
 

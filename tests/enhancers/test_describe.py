@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_enhancers import TINY_BLIP_WORDS, make_tiny_blip
 
 from imaginairy.enhancers.describe import BLIP_MODEL_ENV, BLIP_REPO, generate_caption
 from imaginairy.errors import ImageLoadError, WeightsUnavailableError
-from tiny_enhancers import TINY_BLIP_WORDS, make_tiny_blip
 
 
 @pytest.fixture(scope="module")

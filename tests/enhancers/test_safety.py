@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
+from tiny_enhancers import make_tiny_safety_checker
 
 from imaginairy.enhancers import safety
 from imaginairy.enhancers.safety import (
@@ -17,7 +18,6 @@ from imaginairy.enhancers.safety import (
     resolve_safety_mode,
 )
 from imaginairy.errors import InvalidInputError, SafetyCheckUnavailableError
-from tiny_enhancers import make_tiny_safety_checker
 
 ALWAYS_FLAG_THRESHOLD = -1.5  # below any cosine similarity
 NEVER_FLAG_THRESHOLD = 1.5  # above any cosine similarity

@@ -6,8 +6,7 @@ import pytest
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
 from imaginairy.server.engines import Engine
-from imaginairy.server.protocol import BadRequest, request_to_prompts, sample_seeds
-from imaginairy.server.protocol import SAMPLERS
+from imaginairy.server.protocol import SAMPLERS, request_to_prompts, sample_seeds
 
 ENGINE = Engine(id="e", model="sd-1.5", defaults={"steps": 3})
 

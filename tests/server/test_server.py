@@ -15,14 +15,12 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from server_helpers import CALL_TIMEOUT, SIZE, TOKEN, decoded, image_artifacts, png_bytes, settings_of, text_request
 from stability_sdk import api
 from stability_sdk.client import StabilityInference
 from stability_sdk.interfaces.gooseai.engines import engines_pb2
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
-
-
-from server_helpers import CALL_TIMEOUT, SIZE, TOKEN, decoded, image_artifacts, png_bytes, settings_of, text_request
 
 LONG_STEPS = 150  # a generation that runs until it is cancelled
 

@@ -15,6 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: parallel wor
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tests"))  # shared test helpers such as diffusers_reference
 
 
 def _is_loopback(address) -> bool:

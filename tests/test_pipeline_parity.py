@@ -16,38 +16,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.loaders import single_file_utils as convert
-from k_diffusion import external
+from diffusers import StableDiffusionPipeline
+from diffusers_reference import diffusers_pipeline, scheduler_and_call
 
 from imaginairy import ImaginePrompt, pipeline
 from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
-from imaginairy.models.weights import load_state_dict
-from imaginairy.samplers import NoiseSchedule
 
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
-
-
-def diffusers_pipeline(weights_path, scheduler) -> StableDiffusionPipeline:
-    checkpoint = load_state_dict(weights_path)
-    original_config = yaml.safe_load(weights_path.with_suffix(".yaml").read_text())
-    unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, checkpoint)
-    unet = UNet2DConditionModel(**unet_config)
-    unet.load_state_dict(convert.convert_ldm_unet_checkpoint(checkpoint, unet_config))
-    vae_config = convert.create_vae_diffusers_config_from_ldm(original_config, checkpoint)
-    vae = AutoencoderKL(**vae_config)
-    vae.load_state_dict(convert.convert_ldm_vae_checkpoint(checkpoint, vae_config))
-    return StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet.eval(), scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def our_run(weights_path, sampler_type, steps, width=None, height=None):
@@ -75,19 +51,8 @@ def test_txt2img_matches_diffusers(tiny_models, model_name, prediction_type, siz
     weights_path = tiny_models[model_name]
     width, height = size or (None, None)
     prompt, model, cond, uncond, noise, latent, image = our_run(weights_path, sampler_type, steps, width, height)
-    call = {}
-    if sampler_type == "ddim":
-        scheduler = DDIMScheduler(**SD_SCHEDULE, steps_offset=1, set_alpha_to_one=False, clip_sample=False,
-                                  timestep_spacing="leading", prediction_type=prediction_type)
-        call["num_inference_steps"] = steps
-    else:
-        # diffusers interpolates Euler's sigmas linearly in sigma, k-diffusion in log sigma: give it ours.
-        alphas_cumprod = NoiseSchedule(0.00085, 0.012, 1000).alphas_cumprod().float()
-        sigmas = external.DiscreteEpsDDPMDenoiser(None, alphas_cumprod, quantize=False).get_sigmas(steps)
-        # With "linspace" spacing diffusers starts from noise * sigma_max, as k-diffusion does.
-        scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, prediction_type=prediction_type, timestep_spacing="linspace")
-        call["sigmas"] = sigmas.tolist()
-    reference = diffusers_pipeline(weights_path, scheduler)
+    scheduler, call = scheduler_and_call(sampler_type, steps, prediction_type)
+    reference = diffusers_pipeline(StableDiffusionPipeline, weights_path, scheduler)
     with torch.inference_mode():
         reference_latent = reference(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=noise.clone(),
                                      guidance_scale=prompt.prompt_strength, height=prompt.height, width=prompt.width,

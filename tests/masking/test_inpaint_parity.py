@@ -23,55 +23,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import yaml
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionInpaintPipeline,
-    UNet2DConditionModel,
-)
-from diffusers.loaders import single_file_utils as convert
-from k_diffusion import external
+from diffusers import StableDiffusionInpaintPipeline
+from diffusers_reference import diffusers_pipeline, scheduler_and_call
 from PIL import Image
 
 from imaginairy import ImaginePrompt, pipeline
 from imaginairy.api import load_model
 from imaginairy.masking.inpaint import prepare_edit
 from imaginairy.models.cache import ModelCache
-from imaginairy.models.weights import load_state_dict
-from imaginairy.samplers import NoiseSchedule
 from imaginairy.utils.images import pil_to_tensor
 
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 SIZE = 64
 STEPS = 5
-
-
-def diffusers_inpaint_pipeline(weights_path, scheduler) -> StableDiffusionInpaintPipeline:
-    checkpoint = load_state_dict(weights_path)
-    original_config = yaml.safe_load(weights_path.with_suffix(".yaml").read_text())
-    unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, checkpoint)
-    unet = UNet2DConditionModel(**unet_config)
-    unet.load_state_dict(convert.convert_ldm_unet_checkpoint(checkpoint, unet_config))
-    vae_config = convert.create_vae_diffusers_config_from_ldm(original_config, checkpoint)
-    vae = AutoencoderKL(**vae_config)
-    vae.load_state_dict(convert.convert_ldm_vae_checkpoint(checkpoint, vae_config))
-    assert unet.config.in_channels == 9
-    return StableDiffusionInpaintPipeline(vae=vae.eval(), text_encoder=None, tokenizer=None, unet=unet.eval(),
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-
-
-def scheduler_and_call(sampler_type: str):
-    if sampler_type == "ddim":
-        scheduler = DDIMScheduler(**SD_SCHEDULE, steps_offset=1, set_alpha_to_one=False, clip_sample=False,
-                                  timestep_spacing="leading")
-        return scheduler, {"num_inference_steps": STEPS}
-    alphas_cumprod = NoiseSchedule(0.00085, 0.012, 1000).alphas_cumprod().float()
-    sigmas = external.DiscreteEpsDDPMDenoiser(None, alphas_cumprod, quantize=False).get_sigmas(STEPS)
-    return EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="linspace"), {"sigmas": sigmas.tolist()}
 
 
 def parity_image_and_mask():
@@ -99,15 +63,16 @@ def test_inpainting_model_matches_diffusers(tiny_models, sampler_type):
         latent = pipeline.generate_latent(prompt, model, edit.init_image, edit=edit)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), SIZE, SIZE)
 
-    scheduler, call = scheduler_and_call(sampler_type)
-    reference = diffusers_inpaint_pipeline(weights_path, scheduler)
+    scheduler, call = scheduler_and_call(sampler_type, STEPS)
+    reference = diffusers_pipeline(StableDiffusionInpaintPipeline, weights_path, scheduler)
+    assert reference.unet.config.in_channels == 9
     scale = reference.vae.config.scaling_factor
     pixels = pil_to_tensor(image)
     repaint = pil_to_tensor(mask.convert("RGB"))[:, :1] > 0
     with torch.inference_mode():
         init_latent = reference.vae.encode(pixels).latent_dist.mean * scale
         masked_image_latents = reference.vae.encode(pixels * ~repaint).latent_dist.mean * scale
-        start_scheduler, _ = scheduler_and_call(sampler_type)
+        start_scheduler, _ = scheduler_and_call(sampler_type, STEPS)
         start_scheduler.set_timesteps(**call)
         start = start_scheduler.add_noise(init_latent, noise, start_scheduler.timesteps[:1])
         reference_latent = reference(

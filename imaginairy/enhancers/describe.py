@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imaginairy.errors import ModelLoadError, WeightsUnavailableError
+from imaginairy.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 BLIP_REPO = "Salesforce/blip-image-captioning-base"
 BLIP_MODEL_ENV = "IMAGINAIRY_BLIP_MODEL"
 CONFIG_FILES = ("*.json", "vocab.txt")
-WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 DEFAULT_MAX_NEW_TOKENS = 30
 DEFAULT_NUM_BEAMS = 3
 
@@ -85,15 +84,16 @@ def load_caption_model(
 def blip_model_dir(model_location: str | os.PathLike | None = None) -> Path:
     """The folder holding BLIP's config, processor files and weights. Raises WeightsUnavailableError when the
     files cannot be had."""
-    location = model_location if model_location is not None else os.environ.get(BLIP_MODEL_ENV)
-    if location:
-        return _local_blip_dir(Path(location).expanduser())
-    try:
-        return _hub_blip_dir()
-    except WeightsUnavailableError as error:
-        raise WeightsUnavailableError(
-            f"Caption model unavailable: {error}; or set {BLIP_MODEL_ENV}=/path/to/a/local/copy/of/the/repo"
-        ) from error
+    from imaginairy.models.weights import resolve_model_folder
+
+    return resolve_model_folder(
+        BLIP_REPO,
+        local_copy=model_location if model_location is not None else os.environ.get(BLIP_MODEL_ENV),
+        config_patterns=CONFIG_FILES,
+        required_files=("config.json",),
+        description="Caption model",
+        env_var=BLIP_MODEL_ENV,
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -121,23 +121,3 @@ def _as_rgb_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     return LazyLoadingImage(filepath=image).as_pil()
-
-
-def _local_blip_dir(folder: Path) -> Path:
-    has_config = (folder / "config.json").is_file()
-    has_weights = any((folder / name).is_file() for name in WEIGHTS_FILES)
-    if not (has_config and has_weights):
-        raise WeightsUnavailableError(
-            f"Caption model folder {folder} lacks config.json or {' / '.join(WEIGHTS_FILES)}; point {BLIP_MODEL_ENV}"
-            f" (or model_location) at a folder holding a copy of the {BLIP_REPO} hub repo"
-        )
-    return folder
-
-
-def _hub_blip_dir() -> Path:
-    from imaginairy.models.weights import HubFile, resolve_hub_file, resolve_hub_snapshot
-
-    folder = resolve_hub_snapshot(BLIP_REPO, [*CONFIG_FILES, WEIGHTS_FILES[0]])
-    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
-        folder = resolve_hub_file(HubFile(BLIP_REPO, WEIGHTS_FILES[1])).parent
-    return folder

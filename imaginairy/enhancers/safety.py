@@ -47,7 +47,6 @@ SAFETY_MODE_ENV = "IMAGINAIRY_SAFETY_MODE"
 SAFETY_CHECKER_REPO = "CompVis/stable-diffusion-safety-checker"
 SAFETY_CHECKER_ENV = "IMAGINAIRY_SAFETY_CHECKER_MODEL"
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
-WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 CONCEPT_COUNT = 17
 SPECIAL_CARE_COUNT = 3
 SPECIAL_CARE_ADJUSTMENT = 0.01
@@ -181,15 +180,16 @@ def load_safety_checker(
 def safety_checker_dir(model_location: str | os.PathLike | None = None) -> Path:
     """The folder holding the checker's config, preprocessor config and weights (downloading into the hub cache if
     needed). Raises WeightsUnavailableError when the files cannot be had."""
-    location = model_location if model_location is not None else os.environ.get(SAFETY_CHECKER_ENV)
-    if location:
-        return _local_checker_dir(Path(location).expanduser())
-    try:
-        return _hub_checker_dir()
-    except WeightsUnavailableError as error:
-        raise WeightsUnavailableError(
-            f"Safety checker unavailable: {error}; or set {SAFETY_CHECKER_ENV}=/path/to/a/local/copy/of/the/repo"
-        ) from error
+    from imaginairy.models.weights import resolve_model_folder
+
+    return resolve_model_folder(
+        SAFETY_CHECKER_REPO,
+        local_copy=model_location if model_location is not None else os.environ.get(SAFETY_CHECKER_ENV),
+        config_patterns=CONFIG_FILES,
+        required_files=CONFIG_FILES,
+        description="Safety checker",
+        env_var=SAFETY_CHECKER_ENV,
+    )
 
 
 def build_safety_checker_model(vision_config, projection_dim: int) -> torch.nn.Module:
@@ -261,11 +261,11 @@ def _load_safety_checker(folder: Path, device: str) -> SafetyChecker:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor
 
-    from imaginairy.models.weights import load_state_dict
+    from imaginairy.models.weights import load_state_dict, transformers_weights_file
 
     config = CLIPConfig.from_pretrained(folder)
     model = build_safety_checker_model(config.vision_config, config.projection_dim)
-    checkpoint = load_state_dict(_weights_file(folder))
+    checkpoint = load_state_dict(transformers_weights_file(folder))
     state_dict = {key: value for key, value in checkpoint.items() if not _is_position_ids(key)}
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -282,31 +282,6 @@ def _load_safety_checker(folder: Path, device: str) -> SafetyChecker:
 def _is_position_ids(key: str) -> bool:
     # older checkpoints saved CLIP's position_ids buffer, which transformers no longer keeps in the state dict
     return key.endswith("embeddings.position_ids")
-
-
-def _local_checker_dir(folder: Path) -> Path:
-    missing = [name for name in CONFIG_FILES if not (folder / name).is_file()]
-    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
-        missing.append(" or ".join(WEIGHTS_FILES))
-    if missing:
-        raise WeightsUnavailableError(
-            f"Safety checker folder {folder} lacks {', '.join(missing)}; point {SAFETY_CHECKER_ENV} (or"
-            f" model_location) at a folder holding a copy of the {SAFETY_CHECKER_REPO} hub repo"
-        )
-    return folder
-
-
-def _hub_checker_dir() -> Path:
-    from imaginairy.models.weights import HubFile, resolve_hub_file, resolve_hub_snapshot
-
-    folder = resolve_hub_snapshot(SAFETY_CHECKER_REPO, [*CONFIG_FILES, WEIGHTS_FILES[0]])
-    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
-        folder = resolve_hub_file(HubFile(SAFETY_CHECKER_REPO, WEIGHTS_FILES[1])).parent
-    return folder
-
-
-def _weights_file(folder: Path) -> Path:
-    return next(folder / name for name in WEIGHTS_FILES if (folder / name).is_file())
 
 
 def _unavailable_for_filter(error: WeightsUnavailableError) -> SafetyCheckUnavailableError:

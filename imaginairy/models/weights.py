@@ -441,3 +441,48 @@ def _unshared_contiguous_tensors(state_dict: dict[str, torch.Tensor]) -> dict[st
         seen_storages.add(storage)
         tensors[name] = tensor.contiguous()
     return tensors
+
+
+TRANSFORMERS_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_model_folder(
+    repo_id: str,
+    *,
+    local_copy: str | os.PathLike | None,
+    config_patterns: tuple[str, ...],
+    required_files: tuple[str, ...],
+    description: str,
+    env_var: str,
+) -> Path:
+    """The folder of a transformers-style hub repo (config files and one weights file).
+
+    `local_copy` (a folder) when given, checked to hold `required_files` and a weights file; otherwise the hub cache,
+    downloading `config_patterns` and `model.safetensors` (or `pytorch_model.bin` where the repo has no safetensors)
+    if needed. Raises WeightsUnavailableError naming the repo and `env_var`, the way to point at a local copy.
+    """
+    if local_copy:
+        folder = Path(local_copy).expanduser()
+        missing = [name for name in required_files if not (folder / name).is_file()]
+        if not any((folder / name).is_file() for name in TRANSFORMERS_WEIGHTS_FILES):
+            missing.append(" or ".join(TRANSFORMERS_WEIGHTS_FILES))
+        if missing:
+            raise WeightsUnavailableError(
+                f"{description} folder {folder} lacks {', '.join(missing)}; point {env_var} (or model_location) at"
+                f" a folder holding a copy of the {repo_id} hub repo"
+            )
+        return folder
+    try:
+        folder = resolve_hub_snapshot(repo_id, [*config_patterns, TRANSFORMERS_WEIGHTS_FILES[0]])
+        if not any((folder / name).is_file() for name in TRANSFORMERS_WEIGHTS_FILES):
+            folder = resolve_hub_file(HubFile(repo_id, TRANSFORMERS_WEIGHTS_FILES[1])).parent
+    except WeightsUnavailableError as error:
+        raise WeightsUnavailableError(
+            f"{description} unavailable: {error}; or set {env_var}=/path/to/a/local/copy/of/the/repo"
+        ) from error
+    return folder
+
+
+def transformers_weights_file(folder: Path) -> Path:
+    """The weights file of a folder `resolve_model_folder` returned."""
+    return next(folder / name for name in TRANSFORMERS_WEIGHTS_FILES if (folder / name).is_file())

@@ -28,15 +28,13 @@ def imagine(
     `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
     generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
     """
-    from imaginairy.enhancers.safety import ensure_safety_available
     from imaginairy.pipeline import generate
     from imaginairy.utils.devices import default_device
 
     device = device or default_device()
     cache = model_cache if model_cache is not None else default_model_cache()
     prompts = normalize_prompts(prompts)
-    for mode in {p.safety_mode for p in prompts}:
-        ensure_safety_available(mode)
+    fetch_weights_first(prompts)
     for prompt in prompts:
         logger.info("Generating 🖼 : %s", prompt_summary(prompt))
         model = load_model(prompt, device, cache)
@@ -67,6 +65,35 @@ def imagine_image_files(
                 if kind == result.final_kind:
                     paths.append(path)
     return paths
+
+
+def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
+    """Before any generation, get every weights file the prompts need (downloading what is not cached) and settle
+    each safety mode (`filter` without its checker fails here), so a missing file stops the run before the work
+    rather than after it."""
+    from imaginairy.enhancers.describe import blip_model_dir
+    from imaginairy.enhancers.face_fix import CODEFORMER_WEIGHTS, RETINAFACE_WEIGHTS
+    from imaginairy.enhancers.safety import ensure_safety_available
+    from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
+    from imaginairy.masking.clipseg import clipseg_folder
+    from imaginairy.masking.inpaint import clipseg_location
+    from imaginairy.models.registry import resolve_model
+    from imaginairy.models.weights import resolve_weights
+
+    locations = set()
+    for prompt in prompts:
+        ensure_safety_available(prompt.safety_mode)
+        locations.add(resolve_model(prompt.model, prompt.model_config).weights)
+        if prompt.upscale:
+            locations.add(REALESRGAN_X4PLUS_WEIGHTS)
+        if prompt.fix_faces:
+            locations.update((RETINAFACE_WEIGHTS, CODEFORMER_WEIGHTS))
+    for location in sorted(locations):
+        resolve_weights(location)
+    if any(prompt.caption for prompt in prompts):
+        blip_model_dir()
+    if any(prompt.mask_prompt for prompt in prompts):
+        clipseg_folder(clipseg_location())
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:

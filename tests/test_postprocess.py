@@ -98,3 +98,14 @@ def test_caption_is_stored_in_the_metadata(tiny_models, cache, enhancer_dir, mon
     result = next(imagine(prompt(tiny_models, caption=True, safety_mode="off"), model_cache=cache, device="cpu"))
     assert isinstance(result.metadata["caption"], str)
     assert result.metadata["caption"] == generate_caption(result.img, device="cpu")
+
+
+@pytest.mark.parametrize("step", ["upscale", "fix_faces", "caption"])
+def test_missing_enhancer_weights_fail_before_any_generation(tiny_models, tmp_path, step):
+    from imaginairy.errors import WeightsUnavailableError
+
+    untouched_cache = ModelCache(max_bytes=2**30)
+    with pytest.raises(WeightsUnavailableError):
+        imagine_image_files([prompt(tiny_models, **{step: True})], tmp_path, model_cache=untouched_cache, device="cpu")
+    assert len(untouched_cache) == 0
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

@@ -12,8 +12,14 @@ Every random number comes from the CPU generator: ancestral samplers get a noise
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from k_diffusion import external, sampling
+
+with warnings.catch_warnings():
+    # k-diffusion's package init imports `clip`, which imports the deprecated pkg_resources: not our users' concern
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    from k_diffusion import external, sampling
 
 from imaginairy.samplers.base import GuidedModel, KeptRegion, StepReporter, cpu_noise
 

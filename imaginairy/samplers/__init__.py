@@ -92,15 +92,14 @@ def sample(
 
     if sampler_type in ("ddim", "plms"):
         timesteps = ddim_timesteps(schedule.num_timesteps, steps)[steps - run_steps :]
-        step_ratio = schedule.num_timesteps // steps
         x = noise if init_latent is None else noised(init_latent, noise, float(alphas_cumprod[timesteps[0]]))
         reporter = StepReporter(callback, cancel_event, run_steps)
         options = {"prediction_type": prediction_type, "kept": kept, "reporter": reporter}
         if sampler_type == "ddim":
             return sample_ddim(
-                model, x, alphas_cumprod, timesteps, step_ratio, eta=ddim_eta, generator=generator, **options
+                model, x, alphas_cumprod, timesteps, eta=ddim_eta, generator=generator, **options
             )
-        return sample_plms(model, x, alphas_cumprod, timesteps, step_ratio, **options)
+        return sample_plms(model, x, alphas_cumprod, timesteps, **options)
 
     denoiser = discrete_denoiser(model, alphas_cumprod, prediction_type)
     sigmas = run_sigmas(denoiser, steps, run_steps)

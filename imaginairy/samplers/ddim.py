@@ -10,16 +10,29 @@ import torch
 
 from imaginairy.samplers.base import GuidedModel, KeptRegion, StepReporter, cpu_noise
 
+# The leading spacing is used while its first timestep is at least this fraction of the schedule (every step count
+# up to 333 of 1000 except a few, e.g. 150 steps start at t = 895).
+LEADING_MIN_START = 0.85
+
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """The `steps` timesteps to visit, highest first: 1, 1 + r, 1 + 2r, ... with r = num_train_timesteps // steps."""
+    """The `steps` timesteps to visit, highest first.
+
+    CompVis' and diffusers' evenly spaced "leading" timesteps 1, 1 + r, 1 + 2r, ... (r = num_train_timesteps //
+    steps) when they reach the top of the schedule; for step counts where the integer ratio leaves them far short
+    of it (e.g. 400 steps would start at t = 799, as if pure noise were a half-denoised latent) the timesteps are
+    spread evenly over the whole schedule instead.
+    """
     step_ratio = num_train_timesteps // steps
-    return [i * step_ratio + 1 for i in reversed(range(steps))]
+    leading = [i * step_ratio + 1 for i in reversed(range(steps))]
+    if LEADING_MIN_START * num_train_timesteps <= leading[0] < num_train_timesteps:
+        return leading
+    return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
 
 
-def alpha_before(alphas_cumprod: torch.Tensor, t: int, step_ratio: int) -> float:
-    """a at the timestep after `t` in sampling order; past the start of the schedule it is a_0 (as in CompVis)."""
-    return float(alphas_cumprod[max(t - step_ratio, 0)])
+def level_after(alphas_cumprod: torch.Tensor, timesteps: list[int], index: int) -> float:
+    """a at the timestep after `timesteps[index]` in sampling order; after the last one, a_0 (as in CompVis)."""
+    return float(alphas_cumprod[timesteps[index + 1] if index + 1 < len(timesteps) else 0])
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -54,7 +67,6 @@ def sample_ddim(
     x: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     timesteps: list[int],
-    step_ratio: int,
     *,
     prediction_type: str,
     eta: float,
@@ -64,7 +76,7 @@ def sample_ddim(
 ) -> torch.Tensor:
     """Runs `timesteps` (highest first) from `x`; `kept` is blended in after every step at the next level."""
     for i, t in enumerate(timesteps):
-        alpha, alpha_prev = float(alphas_cumprod[t]), alpha_before(alphas_cumprod, t, step_ratio)
+        alpha, alpha_prev = float(alphas_cumprod[t]), level_after(alphas_cumprod, timesteps, i)
         reporter.before_model_call()
         eps, x0 = eps_and_x0(model(x, timestep_batch(t, x)), x, alpha, prediction_type)
         x = ddim_step(x0, eps, alpha, alpha_prev, eta, generator)

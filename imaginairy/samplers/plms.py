@@ -14,10 +14,10 @@ import torch
 
 from imaginairy.samplers.base import GuidedModel, KeptRegion, StepReporter
 from imaginairy.samplers.ddim import (
-    alpha_before,
     blend_at_level,
     ddim_step,
     eps_and_x0,
+    level_after,
     timestep_batch,
 )
 
@@ -29,7 +29,6 @@ def sample_plms(
     x: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     timesteps: list[int],
-    step_ratio: int,
     *,
     prediction_type: str,
     kept: KeptRegion | None,
@@ -43,7 +42,7 @@ def sample_plms(
         return eps_and_x0(model(x, timestep_batch(t, x)), x, float(alphas_cumprod[t]), prediction_type)[0]
 
     for i, t in enumerate(timesteps):
-        alpha, alpha_prev = float(alphas_cumprod[t]), alpha_before(alphas_cumprod, t, step_ratio)
+        alpha, alpha_prev = float(alphas_cumprod[t]), level_after(alphas_cumprod, timesteps, i)
         is_last = i == len(timesteps) - 1
         eps = predict_eps(x, t)
         if old_eps:

@@ -10,22 +10,20 @@ import torch
 
 from imaginairy.samplers.base import GuidedModel, KeptRegion, StepReporter, cpu_noise
 
-# The leading spacing is used while its first timestep is at least this fraction of the schedule (every step count
-# up to 333 of 1000 except a few, e.g. 150 steps start at t = 895).
-LEADING_MIN_START = 0.85
-
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     """The `steps` timesteps to visit, highest first.
 
     CompVis' and diffusers' evenly spaced "leading" timesteps 1, 1 + r, 1 + 2r, ... (r = num_train_timesteps //
-    steps) when they reach the top of the schedule; for step counts where the integer ratio leaves them far short
-    of it (e.g. 400 steps would start at t = 799, as if pure noise were a half-denoised latent) the timesteps are
-    spread evenly over the whole schedule instead.
+    steps) when they start less than two spacings below the top of the schedule (50 steps: 981, 5 steps: 801);
+    for step counts where the integer ratio leaves them far short of it (400 steps would start at t = 799, as if
+    pure noise were a half-denoised latent; 1000 steps at t = 1000, past the end) the timesteps are spread evenly
+    over the whole schedule instead.
     """
     step_ratio = num_train_timesteps // steps
     leading = [i * step_ratio + 1 for i in reversed(range(steps))]
-    if LEADING_MIN_START * num_train_timesteps <= leading[0] < num_train_timesteps:
+    top_gap = num_train_timesteps - 1 - leading[0]
+    if 0 <= top_gap < 2 * step_ratio:
         return leading
     return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
 

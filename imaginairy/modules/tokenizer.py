@@ -47,7 +47,7 @@ def tokenize(texts: list[str], pad_token: int, max_length: int = CONTEXT_LENGTH)
                 len(ids) - room,
                 len(ids),
                 room,
-                text,
+                text if len(text) <= 80 else text[:77] + "...",
             )
             ids = ids[:room]
         row = [START_OF_TEXT, *ids, END_OF_TEXT]

@@ -9,6 +9,7 @@ Each file carries the settings twice:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import IO, TYPE_CHECKING, Any
 
@@ -19,9 +20,12 @@ from imaginairy.errors import ImageLoadError
 if TYPE_CHECKING:
     from imaginairy.schema import ImaginePrompt
 
+logger = logging.getLogger(__name__)
+
 PARAMETERS_KEY = "parameters"
 IMAGINAIRY_KEY = "imaginairy"
 JPEG_QUALITY = 95
+JPEG_EXIF_LIMIT_BYTES = 65000  # a JPEG APP1 segment holds 64 KiB, headers included
 
 EXIF_IMAGE_DESCRIPTION = ExifTags.Base.ImageDescription
 EXIF_SOFTWARE = ExifTags.Base.Software
@@ -120,12 +124,20 @@ def write_image_with_metadata(img: Image.Image, file: IO[bytes], file_format: st
 
 
 def _jpeg_exif(parameters: str, settings_json: str) -> Image.Exif:
+    """The EXIF block holding both metadata forms. JPEG caps it at 64 KiB: what does not fit is left out (the
+    parameters text first, then our JSON), with a warning that PNG keeps it all."""
     exif = Image.Exif()
     # Big-endian, like the files the web UI writes, so readers that assume UTF-16BE for UserComment agree.
     exif.endian = ">"
-    exif[EXIF_IMAGE_DESCRIPTION] = settings_json
     exif[EXIF_SOFTWARE] = f"imaginairy {imaginairy_version()}"
+    exif[EXIF_IMAGE_DESCRIPTION] = settings_json
     exif.get_ifd(ExifTags.IFD.Exif)[EXIF_USER_COMMENT] = USER_COMMENT_UNICODE + parameters.encode("utf-16-be")
+    if len(exif.tobytes()) > JPEG_EXIF_LIMIT_BYTES:
+        del exif.get_ifd(ExifTags.IFD.Exif)[EXIF_USER_COMMENT]
+        if len(exif.tobytes()) > JPEG_EXIF_LIMIT_BYTES:
+            del exif[EXIF_IMAGE_DESCRIPTION]
+        logger.warning("The settings are too long for a JPEG's 64 KiB of EXIF and were not all embedded; "
+                       "save as PNG to keep them")
     return exif
 
 

@@ -144,7 +144,7 @@ def _temporary_file(outdir: str, write: FileWriter, file_format: str) -> Iterato
                 write(file, file_format)
                 file.flush()
                 os.fsync(file.fileno())
-        except OSError as e:
+        except (OSError, ValueError) as e:  # PIL raises ValueError for images or metadata it cannot encode
             raise OutputWriteError(f"Cannot write image file in {outdir}: {_reason(e)}.") from e
         yield temp_path
     finally:

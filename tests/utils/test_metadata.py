@@ -131,3 +131,15 @@ def test_read_metadata_of_non_image(tmp_path):
 def test_unknown_format_rejected(tmp_path):
     with open(tmp_path / "x.gif", "wb") as f, pytest.raises(ValueError, match="Unsupported image format 'GIF'"):
         write_image_with_metadata(Image.new("RGB", (8, 8)), f, "GIF", metadata_for())
+
+
+def test_settings_too_long_for_jpeg_exif_are_left_out_with_a_warning(tmp_path, caplog):
+    from imaginairy.schema import ImagineResult
+
+    prompt = ImaginePrompt("城" * 27000, seed=1)
+    result = ImagineResult({"generated": Image.new("RGB", (64, 64), "red")}, prompt)
+    jpeg = result.save(tmp_path / "long.jpg")
+    assert Image.open(jpeg).size == (64, 64)
+    assert "too long for a JPEG" in caplog.text
+    png = result.save(tmp_path / "long.png")
+    assert read_metadata(png)["prompt"][0]["text"] == "城" * 27000

@@ -12,8 +12,8 @@ The *described mask* (white = the area the mask describes) comes from, in this o
 (`imaginairy.masking.outpaint`) and adds the new area to the region to regenerate.
 
 The generation sees one *frame* of the canvas: the canvas scaled to cover the generation size and centre-cropped
-(with outpainting and no size given: the whole canvas, generated at its size rounded up to a multiple of 64, which
-the UNets' three halvings of the latent need).
+(with outpainting and no size given: the whole canvas, generated at its size rounded up to a multiple of 8, one
+latent pixel, and scaled down to fit when it grew past the largest size).
 Where the sampler regenerates (at latent resolution) is every 8x8 block the frame's regenerate mask touches.
 
 After decoding, the image is composited onto the frame in pixel space through a *softened* mask, the regenerate
@@ -42,13 +42,13 @@ from PIL import Image
 
 from imaginairy.errors import EmptyMaskError
 from imaginairy.masking.outpaint import OutpaintAmounts, expand_canvas, frequency_matched_noise, parse_outpaint_spec
-from imaginairy.schema import ImaginePrompt
+from imaginairy.schema import MAX_SIDE, ImaginePrompt
 
 logger = logging.getLogger(__name__)
 
 CLIPSEG_MODEL_ENV = "IMAGINAIRY_CLIPSEG_MODEL"
 LATENT_SCALE = 8
-OUTPAINT_SIZE_MULTIPLE = 64  # the UNets halve the latent three times
+OUTPAINT_SIZE_MULTIPLE = 8  # one latent pixel
 MASK_IMAGE_THRESHOLD = 128
 SOFT_EDGE_FRACTION = 0.01
 MIN_SOFT_EDGE_PIXELS = 1.0
@@ -202,8 +202,11 @@ def generation_frame(
     """(width, height, box): the generation size and the part of the canvas it shows."""
     canvas_width, canvas_height = canvas_size
     if outpainting and prompt.width is None and prompt.height is None:
-        width = math.ceil(canvas_width / OUTPAINT_SIZE_MULTIPLE) * OUTPAINT_SIZE_MULTIPLE
-        height = math.ceil(canvas_height / OUTPAINT_SIZE_MULTIPLE) * OUTPAINT_SIZE_MULTIPLE
+        scale = min(1.0, MAX_SIDE / max(canvas_width, canvas_height))  # a canvas grown past the largest size
+        width, height = (
+            min(MAX_SIDE, math.ceil(side * scale / OUTPAINT_SIZE_MULTIPLE) * OUTPAINT_SIZE_MULTIPLE)
+            for side in (canvas_width, canvas_height)
+        )
         return width, height, (0, 0, canvas_width, canvas_height)
     width, height = prompt.width or default_size, prompt.height or default_size
     return width, height, cover_box(canvas_size, width, height)

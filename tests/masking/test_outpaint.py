@@ -107,7 +107,7 @@ def test_outpainting_sizes_and_the_original_region_is_kept(tiny_models, cache, i
     result = run(prompt, cache)
     modified = result.images["modified_original"]
     assert modified.size == size
-    assert result.images["generated"].size == (-(-size[0] // 64) * 64, -(-size[1] // 64) * 64)
+    assert result.images["generated"].size == (-(-size[0] // 8) * 8, -(-size[1] // 8) * 8)
     original_region = (left, top, left + WIDTH, top + HEIGHT)
     assert np.array_equal(pixels(modified.crop(original_region)), pixels(init_image))
     new = np.asarray(result.images["mask_binary"]) > 0
@@ -140,3 +140,11 @@ def test_seamless_boost_changes_the_protected_area_more(tiny_models, cache, init
     unboosted, half, full = protected_change(0.0), protected_change(0.5), protected_change(1.0)
     assert unboosted == 0  # without the boost the protected area is exactly the original
     assert 0 < half < full
+
+
+def test_a_canvas_grown_past_the_largest_size_is_generated_scaled_down(init_image):
+    from imaginairy.masking.inpaint import generation_frame
+
+    prompt = ImaginePrompt("x", init_image=init_image, outpaint="right40")
+    width, height, box = generation_frame(prompt, (4120, 1030), 512, outpainting=True)
+    assert (width, height) == (4096, 1024) and box == (0, 0, 4120, 1030)

@@ -22,7 +22,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
-        "transformers>=4.40",
+        "transformers>=4.56",
         "open-clip-torch>=2.20",
         "k-diffusion>=0.1.1",
         # k-diffusion imports pkg_resources, which setuptools 81 removed
@@ -36,12 +36,14 @@ setup(
         "grpcio>=1.48",
         "stability-sdk>=0.8.4",
         "protobuf>=4.21",
-        "pillow>=10.0",
+        "pillow>=10.1",
         "numpy>=1.24",
         "tqdm>=4.64",
         "spandrel>=0.4",
         "spandrel-extra-arches>=0.2",
         "facexlib>=0.3",
+        # face alignment and paste-back (facexlib needs it too)
+        "opencv-python>=4.8",
         "psutil>=5.9",
     ],
     extras_require={
@@ -51,7 +53,6 @@ setup(
             "diffusers>=0.30",
             "scikit-image>=0.21",
             "hypothesis>=6.80",
-            "opencv-python-headless>=4.8",
             "ruff>=0.5",
         ],
     },

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub, which reads it once
+os.environ.setdefault("IMAGINAIRY_DEVICE", "cpu")  # the suite's numbers are CPU numbers, whatever the machine has
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: parallel workers already fill the cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent

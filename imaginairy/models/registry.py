@@ -16,7 +16,6 @@ from imaginairy.errors import InvalidInputError, ModelNotFoundError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 WEIGHTS_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-DEFAULT_MODEL = "sd-1.5"
 
 
 @dataclass(frozen=True)

@@ -91,11 +91,6 @@ class GenerationQueue:
         with self._changed:
             return {"running": int(self._running is not None), "waiting": len(self._waiting)}
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing runs or waits; False if `timeout` seconds passed first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._running is None and not self._waiting, timeout)
-
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, tell the waiting ones the server is closing, cancel the running one, stop the worker."""
         with self._changed:

@@ -6,8 +6,9 @@ v output into that estimate, converting sigma to a fractional (unquantized) time
 
 The sigmas are the model's own (`get_sigmas(steps)`: timesteps evenly spaced from the last to the first, then 0),
 not the Karras spacing; `k_dpm_fast` and `k_dpm_adaptive` run between the schedule's sigma_min and the start sigma.
-Every random number comes from the CPU generator: ancestral samplers get a noise sampler drawing from it and
-`k_dpmpp_sde` a Brownian tree seeded from it.
+Every random number comes from the CPU generator: ancestral samplers get a noise sampler drawing from it, and
+`k_dpmpp_sde` a Brownian tree seeded from it (the tree itself draws on the latents' device, so that sampler's
+images are reproducible per device).
 """
 
 from __future__ import annotations

@@ -36,9 +36,10 @@ def imagine(
     prompts = normalize_prompts(prompts)
     fetch_weights_first(prompts)
     for prompt in prompts:
+        prompt = resolve_runtime_settings(prompt, device)
         logger.info("Generating 🖼 : %s", prompt_summary(prompt))
         model = load_model(prompt, device, cache)
-        yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event)
+        yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device)
 
 
 def imagine_image_files(
@@ -111,14 +112,34 @@ def prompt_summary(prompt: ImaginePrompt) -> str:
     )
 
 
+def resolve_runtime_settings(prompt: ImaginePrompt, device) -> ImaginePrompt:
+    """The prompt with precision "auto" made concrete for `device`; with memory modes "mid" and "low", "auto" is
+    half precision on a GPU (fp16 where bf16 is not supported)."""
+    import dataclasses
+
+    import torch
+
+    from imaginairy.utils.devices import resolve_precision
+
+    precision = resolve_precision(prompt.precision, device)
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and prompt.memory_mode != "high" and prompt.precision == "auto" and precision == "full":
+        precision = "fp16"
+    return dataclasses.replace(prompt, precision=precision) if precision != prompt.precision else prompt
+
+
 def load_model(prompt: ImaginePrompt, device, cache):
+    """The prompt's model from the cache (loaded on a miss); memory mode "low" keeps it on the CPU, the pipeline
+    moving each submodel to `device` while it runs."""
     import torch
 
     from imaginairy.models.loading import load_diffusion_model
     from imaginairy.models.registry import resolve_model
 
     spec = resolve_model(prompt.model, prompt.model_config)
-    dtype = getattr(torch, PRECISION_DTYPES[prompt.precision])
+    dtype = getattr(torch, PRECISION_DTYPES[resolve_runtime_settings(prompt, device).precision])
+    if prompt.memory_mode == "low":
+        device = "cpu"
     key = (spec.weights, str(spec.config_path), str(device), dtype)
     return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype))
 

@@ -23,6 +23,7 @@ from imaginairy.masking.inpaint import (
 )
 from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
+from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
 from imaginairy.samplers import NoiseSchedule, sample
 from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
 from imaginairy.utils.images import pil_to_tensor, resize_and_crop, tensor_to_pil
@@ -47,8 +48,12 @@ def generate(
     *,
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
+    device: torch.device | None = None,
 ) -> ImagineResult:
-    edit = prepare_edit(prompt, model.settings.default_size, model_device(model)) if is_edit(prompt) else None
+    """`device` is where the networks run; by default the model's. With memory mode "low" the model waits on the CPU
+    and each submodel (text encoder, UNet, VAE) is moved to `device` only while it runs."""
+    device = torch.device(device) if device is not None else model_device(model)
+    edit = prepare_edit(prompt, model.settings.default_size, device) if is_edit(prompt) else None
     if edit is None:
         prompt = resolve_size(prompt, model)
     else:
@@ -62,10 +67,13 @@ def generate(
         logger.info("init image strength is 1: the init image is returned unchanged")
         return ImagineResult(images={"generated": init_image if edit is None else edit.frame_image}, prompt=prompt)
     latent = generate_latent(
-        prompt, model, init_image, edit=edit, progress_callback=progress_callback, cancel_event=cancel_event
+        prompt, model, init_image, edit=edit, progress_callback=progress_callback, cancel_event=cancel_event,
+        device=device,
     )
-    with precision_context(prompt.precision, latent.device):
-        pixels = model.decode_latent(latent.to(model_dtype(model)))
+    vae_latent = latent.to(dtype=model_dtype(model), memory_format=torch.channels_last)
+    offload = prompt.memory_mode == "low"
+    with precision_context(prompt.precision, device), submodel_on(model.first_stage_model, device, offload):
+        pixels = model.decode_latent(vae_latent, tiled=needs_tiles(latent))
     generated = tensor_to_pil(pixels.float())
     if edit is not None:
         generated = composited_onto_frame(edit, generated)
@@ -112,6 +120,7 @@ def generate_latent(
     edit: Edit | None = None,
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Steps 1-3: the final latent (float32) for a prompt whose size is resolved.
 
@@ -119,43 +128,48 @@ def generate_latent(
     step; an inpainting (9-channel) model is conditioned on the edit's mask and masked image instead, and on
     "regenerate everything" without an edit.
     """
-    device = model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
+    offload = prompt.memory_mode == "low"
     settings = model.settings
     generator = torch.Generator("cpu").manual_seed(prompt.seed)
     noise = initial_noise(generator, prompt.width, prompt.height).to(device)
     set_tile_mode(model, prompt.tile_mode)
     with precision_context(prompt.precision, device):
-        cond = weighted_text_embedding(model, prompt.prompts)
-        uncond = weighted_text_embedding(model, prompt.negative_prompts)
-        init_latent = None
-        if init_image is not None:
-            pixels = pil_to_tensor(init_image).to(device=device, dtype=model_dtype(model))
-            init_latent = model.encode_image(pixels).float()
+        with submodel_on(model.cond_stage_model, device, offload):
+            cond = weighted_text_embedding(model, prompt.prompts)
+            uncond = weighted_text_embedding(model, prompt.negative_prompts)
+        init_latent = conditioning = None
+        with submodel_on(model.first_stage_model, device, offload):
+            if init_image is not None:
+                pixels = pil_to_tensor(init_image).to(device=device, dtype=model_dtype(model))
+                init_latent = model.encode_image(pixels, tiled=needs_tiles(noise)).float()
+            if settings.is_inpainting:
+                conditioning = inpainting_conditioning(model, edit, prompt.width, prompt.height, device)
         model_fn, mask = unet_function(model), None
         if settings.is_inpainting:
-            conditioning = inpainting_conditioning(model, edit, prompt.width, prompt.height)
             model_fn = inpainting_unet_function(model, *conditioning)
         elif edit is not None:
             mask = latent_mask(edit).to(device)
         schedule = NoiseSchedule(settings.linear_start, settings.linear_end, settings.num_timesteps)
-        return sample(
-            prompt.sampler_type,
-            model_fn,
-            schedule,
-            noise=noise,
-            steps=prompt.steps,
-            cond=cond,
-            uncond=uncond,
-            guidance_scale=prompt.prompt_strength,
-            prediction_type=settings.prediction_type,
-            init_latent=init_latent,
-            denoise_strength=1.0 - prompt.init_image_strength if init_latent is not None else 1.0,
-            mask=mask,
-            ddim_eta=prompt.ddim_eta,
-            generator=generator,
-            callback=progress_callback,
-            cancel_event=cancel_event,
-        )
+        with submodel_on(model.model, device, offload):
+            return sample(
+                prompt.sampler_type,
+                model_fn,
+                schedule,
+                noise=noise,
+                steps=prompt.steps,
+                cond=cond,
+                uncond=uncond,
+                guidance_scale=prompt.prompt_strength,
+                prediction_type=settings.prediction_type,
+                init_latent=init_latent,
+                denoise_strength=1.0 - prompt.init_image_strength if init_latent is not None else 1.0,
+                mask=mask,
+                ddim_eta=prompt.ddim_eta,
+                generator=generator,
+                callback=progress_callback,
+                cancel_event=cancel_event,
+            )
 
 
 def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.Tensor:
@@ -174,17 +188,23 @@ def weighted_text_embedding(model: LatentDiffusion, prompts: list[WeightedPrompt
 
 
 def unet_function(model: LatentDiffusion):
-    """The UNet as the samplers call it: float32 in and out, the model's own dtype inside."""
+    """The UNet as the samplers call it: float32 in and out, the model's own dtype inside.
+
+    The latents go in channels-last (NHWC): every convolution then keeps that layout, which oneDNN and cuDNN run
+    faster than NCHW, and the attention layers' [B, H*W, C] token views of it need no copy. The weights stay as
+    loaded (a memory-mapped checkpoint is not copied).
+    """
     dtype = model_dtype(model)
 
     def unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return model.unet(x.to(dtype), t, context.to(dtype)).float()
+        x = x.to(dtype=dtype, memory_format=torch.channels_last)
+        return model.unet(x, t, context.to(dtype)).float()
 
     return unet
 
 
 def inpainting_conditioning(
-    model: LatentDiffusion, edit: Edit | None, width: int, height: int
+    model: LatentDiffusion, edit: Edit | None, width: int, height: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What a 9-channel UNet takes besides the latent: the mask at latent resolution [1, 1, h, w] and the latent of
     the image with its regenerated pixels blanked [1, 4, h, w]. Without an edit everything is regenerated."""
@@ -193,7 +213,7 @@ def inpainting_conditioning(
     else:
         regenerate, pixels = mask_tensor(edit.frame_regenerate), pil_to_tensor(edit.init_image)
     mask, masked_image = inpainting_mask_and_image(regenerate, pixels)
-    device, dtype = model_device(model), model_dtype(model)
+    dtype = model_dtype(model)
     return mask.to(device), model.encode_image(masked_image.to(device=device, dtype=dtype)).float()
 
 
@@ -207,6 +227,27 @@ def inpainting_unet_function(model: LatentDiffusion, mask: torch.Tensor, masked_
         return unet(torch.cat([x, conditioning.expand(x.shape[0], -1, -1, -1)], dim=1), t, context)
 
     return inpainting_unet
+
+
+def needs_tiles(latent: torch.Tensor) -> bool:
+    """Whether the VAE works on this latent's image in tiles: above 1024 px a side, to bound its memory."""
+    return max(latent.shape[-2:]) > UNTILED_MAX_LATENT_SIDE
+
+
+@contextlib.contextmanager
+def submodel_on(submodel: torch.nn.Module, device: torch.device, offload: bool):
+    """Runs the block with `submodel` on `device`; with `offload` (memory mode "low") it is moved there for the
+    block only and back to the CPU afterwards, so only the running submodel takes device memory."""
+    if not offload or device.type == "cpu":
+        yield
+        return
+    submodel.to(device)
+    try:
+        yield
+    finally:
+        submodel.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def model_device(model: LatentDiffusion) -> torch.device:

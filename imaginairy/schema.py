@@ -42,7 +42,11 @@ TILE_MODES = ("", "x", "y", "xy")
 MASK_MODES = ("replace", "keep")
 # With a mask and the model left at its default, the default's inpainting variant is used.
 INPAINTING_VARIANTS = {"sd-1.5": "sd-1.5-inpainting"}
-PRECISIONS = ("full", "autocast", "bf16", "fp16")
+# "auto": bf16 where the hardware computes it natively, else full (float32); resolved when the model is loaded.
+PRECISIONS = ("auto", "full", "autocast", "bf16", "fp16")
+# high: everything stays on the device; mid: also attention in slices and half precision on a GPU;
+# low: also only the running submodel (text encoder, UNet or VAE) on the device, and the VAE in tiles.
+MEMORY_MODES = ("high", "mid", "low")
 SAFETY_MODES = ("off", "classify", "filter")
 # Kinds of image in an ImagineResult that can be its final image, the later processing steps first.
 FINAL_IMAGE_KINDS = ("modified_original", "upscaled", "face_fixed", "generated")
@@ -254,7 +258,8 @@ class ImaginePrompt:
     tile_mode: str = ""
     model: str = "sd-1.5"
     model_config: str | None = None
-    precision: str = "full"
+    precision: str = "auto"
+    memory_mode: str = "high"
     fix_faces: bool = False
     fix_faces_fidelity: float = 0.2
     upscale: bool = False
@@ -291,6 +296,7 @@ class ImaginePrompt:
         self.model = _check_model(self.model)
         self.model_config = _check_model_config(self.model_config)
         self.precision = _check_choice(self.precision, "precision", PRECISIONS)
+        self.memory_mode = _check_choice(self.memory_mode, "memory_mode", MEMORY_MODES)
         self.fix_faces = _check_flag(self.fix_faces, "fix_faces")
         self.fix_faces_fidelity = _check_unit_interval(self.fix_faces_fidelity, "fix_faces_fidelity")
         self.upscale = _check_flag(self.upscale, "upscale")

@@ -63,7 +63,7 @@ def test_prompt_text_and_weights_change_the_image(tiny_models, cache):
 
 
 def test_weighted_embedding_is_the_weighted_mean(tiny_models, cache):
-    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"])), "cpu", cache)
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
     cat, dog = model.encode_text(["cat", "dog"])
     blended = pipeline.weighted_text_embedding(model, [WeightedPrompt("cat", 3), WeightedPrompt("dog", 1)])
     torch.testing.assert_close(blended[0], (3 * cat + dog) / 4)
@@ -108,7 +108,7 @@ def test_img2img_strength_zero_ignores_the_init_image(tiny_models, cache, init_i
 @pytest.mark.parametrize("sampler_type", ["ddim", "plms", "k_euler", "k_dpmpp_2m"])
 def test_img2img_keeps_more_of_the_init_the_higher_the_strength(tiny_models, cache, init_image, sampler_type):
     """Measured in latent space: a random-weight VAE's decoding does not resemble its input, its latents do."""
-    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"])), "cpu", cache)
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
     image = Image.open(init_image).convert("RGB")
     with torch.inference_mode():
         init_latent = model.encode_image(pipeline.pil_to_tensor(image))
@@ -153,9 +153,10 @@ def test_tile_mode_makes_the_image_wrap_around(tiny_models, cache, tile_mode):
     """In tile mode every convolution pads circularly, so the whole model commutes with rolling the canvas: the
     image generated from rolled noise is the rolled image. That is what makes the left and right edges continue
     into each other. Without tile mode the borders break the symmetry."""
-    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"])), "cpu", cache)
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
     shift = 2  # latent pixels; a multiple of the UNet's total downsampling (2 levels -> 2)
-    settings = dict(prompt="a wall", model=str(tiny_models["tiny-sd15"]), steps=3, seed=2, sampler_type="ddim")
+    settings = dict(prompt="a wall", model=str(tiny_models["tiny-sd15"]), steps=3, seed=2, sampler_type="ddim",
+                    precision="full")
     for mode, should_commute in ((tile_mode, True), ("", False)):
         prompt = ImaginePrompt(**settings, tile_mode=mode)
         plain = rolled_noise_latent(prompt, model, 0)

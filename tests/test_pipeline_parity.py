@@ -28,7 +28,7 @@ LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 
 def our_run(weights_path, sampler_type, steps, width=None, height=None):
     prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), steps=steps, seed=42,
-                           sampler_type=sampler_type, width=width, height=height)
+                           sampler_type=sampler_type, width=width, height=height, precision="full")
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     prompt = pipeline.resolve_size(prompt, model)
     with torch.inference_mode():

@@ -101,8 +101,10 @@ def test_caption_is_stored_in_the_metadata(tiny_models, cache, enhancer_dir, mon
 
 
 @pytest.mark.parametrize("step", ["upscale", "fix_faces", "caption"])
-def test_missing_enhancer_weights_fail_before_any_generation(tiny_models, tmp_path, step):
+def test_missing_enhancer_weights_fail_before_any_generation(tiny_models, tmp_path, monkeypatch, step):
     from imaginairy.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("IMAGINAIRY_CACHE_DIR", str(tmp_path / "empty-cache"))  # other tests seed the shared one
 
     untouched_cache = ModelCache(max_bytes=2**30)
     with pytest.raises(WeightsUnavailableError):

@@ -8,7 +8,7 @@ import logging
 import click
 
 from imaginairy.cli.errors import reported_errors
-from imaginairy.schema import MASK_MODES, PRECISIONS, SAFETY_MODES, SAMPLER_TYPES, ImaginePrompt
+from imaginairy.schema import MASK_MODES, MEMORY_MODES, PRECISIONS, SAFETY_MODES, SAMPLER_TYPES, ImaginePrompt
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImaginePrompt)}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -55,7 +55,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--model-config", type=click.Path(dir_okay=False),
               help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,
-              help="Number format of the computation.")
+              help="Number format of the computation; auto: bf16 where the CPU or GPU computes it natively, else full.")
+@click.option("--memory-mode", type=click.Choice(MEMORY_MODES), default=DEFAULTS["memory_mode"], show_default=True,
+              help="high: models stay on the device; mid: half precision on a GPU; low: also only the running "
+                   "submodel on the device.")
 @click.option("--fix-faces", is_flag=True, help="Restore faces with CodeFormer.")
 @click.option("--fix-faces-fidelity", type=click.FloatRange(0, 1), default=DEFAULTS["fix_faces_fidelity"],
               show_default=True, help="0 = the restorer's own face, 1 = closest to the generated face.")
@@ -69,7 +72,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, mask_prompt,
                 mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
                 height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
-                fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
+                memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
     \b
@@ -103,6 +106,7 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
                 model=model,
                 model_config=model_config,
                 precision=precision,
+                memory_mode=memory_mode,
                 fix_faces=fix_faces,
                 fix_faces_fidelity=fix_faces_fidelity,
                 upscale=upscale,

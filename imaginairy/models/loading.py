@@ -63,6 +63,9 @@ def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dt
     with torch.device("meta"):  # no memory and no random init for weights that are about to be replaced
         model = build_latent_diffusion(config)
     component_weights = {k: v for k, v in state_dict.items() if k.startswith(COMPONENT_PREFIXES)}
+    del state_dict
+    for name, tensor in component_weights.items():  # one tensor at a time: each drops its mapped file pages
+        component_weights[name] = weight_for_inference(tensor, dtype)
     try:
         model.load_state_dict(component_weights, strict=True, assign=True)
     except RuntimeError as e:
@@ -74,6 +77,17 @@ def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dt
     if left_on_meta:
         raise ModelLoadError(f"{weights_path.name}: no values for {', '.join(left_on_meta[:3])}")
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def weight_for_inference(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A checkpoint tensor in the model's dtype. A tensor already in that dtype stays the memory-mapped one (no copy);
+    one that has to be converted anyway is laid out channels-last if it is a convolution kernel, the layout the
+    pipeline runs convolutions in (see pipeline.unet_function), so it is not re-laid-out at every call."""
+    if not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    if tensor.ndim == 4 and tensor.shape[-2:] != (1, 1):
+        return tensor.to(dtype=dtype, memory_format=torch.channels_last)
+    return tensor.to(dtype)
 
 
 def _first_line_of_mismatch(error: RuntimeError) -> str:

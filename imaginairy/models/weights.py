@@ -19,6 +19,7 @@ Checkpoints are data, never code: pickled (`.ckpt`, `.pt`, `.pth`, `.bin`) files
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import urllib.parse
@@ -388,14 +389,50 @@ def _is_safetensors_file(path: Path) -> bool:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The file's tensors, each a view of its own private memory map of the file: nothing is read until a tensor is
+    used, the tensors can become a model's parameters (`load_state_dict(assign=True)`) with no second copy, and a
+    tensor converted to another dtype and dropped gives its pages back."""
+    import json
 
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
+        with path.open("rb") as file:
+            header_bytes = int.from_bytes(file.read(SAFETENSORS_LENGTH_BYTES), "little")
+            header = json.loads(file.read(header_bytes))
+            header.pop("__metadata__", None)
+            data_start = SAFETENSORS_LENGTH_BYTES + header_bytes
+            file_size = path.stat().st_size
+            return {name: _safetensors_view(file, file_size, data_start, entry) for name, entry in header.items()}
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = f"not a valid safetensors file ({_first_line(err)})"
         raise ModelLoadError(f"Cannot load weights file {path}: {reason}") from err
+
+
+SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}  # fmt: skip
+
+
+def _safetensors_view(file, file_size: int, data_start: int, entry: dict) -> torch.Tensor:
+    """One tensor of a safetensors file, mapped from the file (copied only when its bytes are misaligned)."""
+    import mmap
+
+    import torch
+
+    dtype = getattr(torch, SAFETENSORS_DTYPES[entry["dtype"]])
+    start, end = (data_start + offset for offset in entry["data_offsets"])
+    shape = [int(size) for size in entry["shape"]]
+    item_bytes = torch.empty((), dtype=dtype).element_size()
+    if not data_start <= start <= end <= file_size or end - start != item_bytes * math.prod(shape):
+        raise ValueError(f"tensor byte range {entry['data_offsets']} does not fit its shape or the file")
+    if start == end:
+        return torch.empty(shape, dtype=dtype)
+    page_start = start - start % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(file.fileno(), end - page_start, offset=page_start, access=mmap.ACCESS_COPY)
+    raw = torch.frombuffer(mapped, dtype=torch.uint8)[start - page_start :]
+    if start % item_bytes:
+        raw = raw.clone()
+    return raw.view(dtype).view(shape)
 
 
 def _load_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from torch import nn
 
 from imaginairy.modules.autoencoder import AutoencoderKL
 from imaginairy.modules.text_encoders import CLIPTextEncoder, OpenCLIPTextEncoder
+from imaginairy.modules.tiling import decode_in_tiles, encode_in_tiles
 from imaginairy.modules.unet import UNetModel
 
 TEXT_ENCODERS = {"FrozenCLIPEmbedder": CLIPTextEncoder, "FrozenOpenCLIPEmbedder": OpenCLIPTextEncoder}
@@ -55,14 +56,20 @@ class LatentDiffusion(nn.Module):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return self.cond_stage_model(texts)
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] -> scaled latent: the posterior mean, so the same image always gives the same latent."""
+    def encode_image(self, pixels: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled latent: the posterior mean, so the same image always gives the same latent.
+        `tiled` encodes in overlapping tiles (bounded memory for large images; see modules/tiling.py)."""
+        if tiled:
+            return encode_in_tiles(self.first_stage_model, pixels) * self.settings.scale_factor
         mean, _logvar = self.first_stage_model.encode(pixels)
         return mean * self.settings.scale_factor
 
-    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> pixels in about [-1, 1]."""
-        return self.first_stage_model.decode(latent / self.settings.scale_factor)
+    def decode_latent(self, latent: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """Scaled latent -> pixels in about [-1, 1]; `tiled` decodes in overlapping tiles (float32 result)."""
+        z = latent / self.settings.scale_factor
+        if tiled:
+            return decode_in_tiles(self.first_stage_model, z)
+        return self.first_stage_model.decode(z)
 
 
 def diffusion_settings(config: dict) -> DiffusionSettings:

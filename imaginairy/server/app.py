@@ -71,12 +71,10 @@ def start_server(config: ServerConfig) -> RunningServer:
     if config.max_queue < 0:
         raise InvalidInputError(f"max queue must be 0 or more, got {config.max_queue}.")
     engines = load_engines(config.engines_config)
-    if config.vram_mode != "high":
-        logger.warning("vram mode %r is accepted but not applied yet: models run fully on the device.",
-                       config.vram_mode)
     device = _torch_device(config.device)
     generation_queue = GenerationQueue(
-        lambda job: run_generation(job, device=device, model_cache=config.model_cache), config.max_queue
+        lambda job: run_generation(job, device=device, model_cache=config.model_cache, memory_mode=config.vram_mode),
+        config.max_queue,
     )
     handler_threads = config.max_queue + 1 + SPARE_HANDLER_THREADS
     server = grpc.server(

@@ -41,15 +41,18 @@ class RequestFailed(Exception):
         self.message = message
 
 
-def run_generation(job: jobs.Job, *, device=None, model_cache=None) -> None:
-    """Generate the job's prompts in order, posting each result, then DONE (or the error that stopped it)."""
+def run_generation(job: jobs.Job, *, device=None, model_cache=None, memory_mode: str = "high") -> None:
+    """Generate the job's prompts in order, posting each result, then DONE (or the error that stopped it).
+
+    `memory_mode` is the server's --vram-mode (high, mid, low), applied to every prompt (see ImaginePrompt)."""
     from imaginairy.api import imagine
 
     if job.cancel_event.is_set():
         job.post(jobs.ERROR, GenerationCancelled("The request was cancelled before it started."))
         return
+    prompts = [dataclasses.replace(prompt, memory_mode=memory_mode) for prompt in job.prompts]
     try:
-        for result in imagine(job.prompts, device=device, cancel_event=job.cancel_event, model_cache=model_cache):
+        for result in imagine(prompts, device=device, cancel_event=job.cancel_event, model_cache=model_cache):
             job.post(jobs.IMAGE, result)
     except Exception as e:  # every failure goes back to the request that caused it, never to the next one
         if not isinstance(e, (GenerationCancelled, InvalidInputError)):

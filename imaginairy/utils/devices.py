@@ -16,3 +16,30 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+# CPU feature flags (Linux /proc/cpuinfo names) of native bfloat16 matrix arithmetic: x86 AVX512-BF16 / AMX, Arm BF16.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The concrete precision ("full", "autocast", "bf16" or "fp16") for a requested one; "auto" picks bf16 where the
+    hardware computes it natively (CUDA GPUs that support it, CPUs with AVX512-BF16 / AMX / Arm BF16), else full."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "full"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "full"
+    return "full"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return False
+    names = set(flags.partition(":")[2].split())
+    return any(flag in names for flag in NATIVE_BF16_CPU_FLAGS)

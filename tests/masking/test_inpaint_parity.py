@@ -52,7 +52,7 @@ def test_inpainting_model_matches_diffusers(tiny_models, sampler_type):
     image, mask = parity_image_and_mask()
     prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), init_image=image,
                            mask_image=mask, init_image_strength=0.0, steps=STEPS, seed=42, sampler_type=sampler_type,
-                           safety_mode="off")
+                           safety_mode="off", precision="full")
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     assert model.settings.is_inpainting
     edit = prepare_edit(prompt, model.settings.default_size)

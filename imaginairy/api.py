@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from imaginairy.errors import DeviceOutOfMemoryError
 from imaginairy.schema import ImaginePrompt, ImagineResult
 
 logger = logging.getLogger(__name__)
@@ -28,18 +29,26 @@ def imagine(
     `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
     generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
     """
-    from imaginairy.pipeline import generate
-    from imaginairy.utils.devices import default_device
+    import torch
 
-    device = device or default_device()
-    cache = model_cache if model_cache is not None else default_model_cache()
+    from imaginairy.pipeline import generate, resolve_size
+    from imaginairy.utils.devices import as_device, default_device
+
+    device = as_device(device) if device is not None else default_device()
+    cache = model_cache if model_cache is not None else default_model_cache(device.type)
     prompts = normalize_prompts(prompts)
     fetch_weights_first(prompts)
     for prompt in prompts:
         prompt = resolve_runtime_settings(prompt, device)
-        logger.info("Generating 🖼 : %s", prompt_summary(prompt))
         model = load_model(prompt, device, cache)
-        yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device)
+        logger.info("Generating 🖼 : %s", prompt_summary(resolve_size(prompt, model)))
+        try:
+            yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device)
+        except torch.cuda.OutOfMemoryError as e:
+            raise DeviceOutOfMemoryError(
+                f"{device} ran out of memory generating {prompt.width}x{prompt.height}px: try a smaller size, "
+                "--precision fp16 or --memory-mode low"
+            ) from e
 
 
 def imagine_image_files(
@@ -135,23 +144,34 @@ def load_model(prompt: ImaginePrompt, device, cache):
 
     from imaginairy.models.loading import load_diffusion_model
     from imaginairy.models.registry import resolve_model
+    from imaginairy.models.weights import resolve_weights
 
     spec = resolve_model(prompt.model, prompt.model_config)
     dtype = getattr(torch, PRECISION_DTYPES[resolve_runtime_settings(prompt, device).precision])
     if prompt.memory_mode == "low":
         device = "cpu"
     key = (spec.weights, str(spec.config_path), str(device), dtype)
-    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype))
+    # the weights file's size bounds the loaded model's (a float32 file loaded in 16 bits takes half)
+    expected_bytes = resolve_weights(spec.weights).stat().st_size
+    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype), expected_bytes)
 
 
-@functools.lru_cache(maxsize=1)
-def default_model_cache():
-    """The process-wide model cache: models stay loaded while they fit in half of the machine's memory."""
+@functools.lru_cache(maxsize=None)
+def default_model_cache(device_type: str):
+    """The process-wide model cache of a kind of device: models stay loaded while they fit in half of its memory
+    (the GPU's for CUDA, the recommended working set for Apple MPS, else the machine's RAM)."""
     import psutil
+    import torch
 
     from imaginairy.models.cache import ModelCache
 
-    return ModelCache(max_bytes=psutil.virtual_memory().total // 2)
+    if device_type == "cuda":
+        memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    elif device_type == "mps":
+        memory = torch.mps.recommended_max_memory()
+    else:
+        memory = psutil.virtual_memory().total
+    return ModelCache(max_bytes=memory // 2)
 
 
 class ProgressBar:

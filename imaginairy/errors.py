@@ -51,3 +51,7 @@ class MaskExpressionError(InvalidInputError):
 
 class EmptyMaskError(InvalidInputError):
     """A mask leaves nothing to regenerate (it found nothing, or covers nothing the generation sees)."""
+
+
+class DeviceOutOfMemoryError(ImaginAIryError):
+    """The GPU ran out of memory; a smaller image, half precision or memory mode "low" needs less."""

@@ -262,5 +262,5 @@ def precision_context(precision: str, device: torch.device):
     """`autocast` runs matmuls and convolutions in half precision on a float32 model; other modes need nothing."""
     if precision != "autocast":
         return contextlib.nullcontext()
-    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    half = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device.type, dtype=half)

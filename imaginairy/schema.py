@@ -547,15 +547,16 @@ class ImagineResult:
 
     image = img
 
-    def save(self, path: str | Path, image_type: str = "generated") -> Path:
-        """Write one image to `path` (format from the extension) with the metadata embedded.
+    def save(self, path: str | Path, image_type: str | None = None) -> Path:
+        """Write one image to `path` (format from the extension) with the metadata embedded: the final image (`.img`)
+        unless `image_type` names another kind.
 
         Never overwrites: an existing `path` raises `OutputWriteError`.
         """
         from imaginairy.utils.metadata import write_image_with_metadata
         from imaginairy.utils.outputs import write_new_file
 
-        img = self.image_of_type(image_type)
+        img = self.image_of_type(image_type or self.final_kind)
         return write_new_file(
             path, lambda file, file_format: write_image_with_metadata(img, file, file_format, self.metadata)
         )

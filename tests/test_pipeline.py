@@ -208,3 +208,36 @@ def test_switching_models_respects_the_cache_budget(tiny_models):
     roomy_cache = ModelCache(max_bytes=2**30)
     list(imagine([first, second], device="cpu", model_cache=roomy_cache))
     assert len(roomy_cache) == 2
+
+
+def test_a_model_that_does_not_fit_beside_the_loaded_one_replaces_it_before_loading(tiny_models):
+    """The budget holds one tiny model: the first is unloaded before the second loads, never both at once."""
+    from imaginairy.models.cache import module_bytes
+
+    first = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1, seed=1, precision="full")
+    second = ImaginePrompt("x", model=str(tiny_models["tiny-sd21-v"]), steps=1, seed=1, precision="full")
+    one_model = ModelCache(max_bytes=2**40)
+    loaded = load_model(first, "cpu", one_model)
+    budget = int(tiny_models["tiny-sd21-v"].stat().st_size * 1.5)
+    assert module_bytes(loaded) < budget
+    cache = ModelCache(max_bytes=budget)
+    load_model(first, "cpu", cache)
+    sizes_at_load = []
+    original_get = cache.get
+
+    def spying_get(key, load, expected_bytes=0):
+        return original_get(key, lambda: sizes_at_load.append(len(cache)) or load(), expected_bytes)
+
+    cache.get = spying_get
+    load_model(second, "cpu", cache)
+    assert sizes_at_load == [0] and len(cache) == 1
+
+
+def test_unknown_device_name_is_a_usage_error(tiny_models, monkeypatch):
+    from imaginairy.errors import InvalidInputError
+
+    monkeypatch.setenv("IMAGINAIRY_DEVICE", "gpu")
+    with pytest.raises(InvalidInputError, match="IMAGINAIRY_DEVICE='gpu' is not a torch device"):
+        next(imagine(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1)))
+    with pytest.raises(InvalidInputError, match="device='gpu'"):
+        next(imagine(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1), device="gpu"))

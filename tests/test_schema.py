@@ -424,6 +424,8 @@ def test_result_needs_generated_image():
 def test_result_save_embeds_metadata(result, tmp_path):
     path = result.save(tmp_path / "out.png")
     assert path == tmp_path / "out.png"
+    assert Image.open(path).size == (128, 96)  # the final (upscaled) image
+    assert Image.open(result.save(tmp_path / "raw.png", image_type="generated")).size == (64, 48)
     assert read_metadata(path) == result.metadata
     assert read_parameters(path).startswith(
         "a scenic landscape\nSteps: 40, Sampler: PLMS, CFG scale: 7.5, Seed: 557988237"

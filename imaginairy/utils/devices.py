@@ -6,16 +6,26 @@ import os
 
 import torch
 
+from imaginairy.errors import InvalidInputError
+
 
 def default_device() -> torch.device:
     """`IMAGINAIRY_DEVICE` if set, else the best accelerator present, else the CPU."""
     if requested := os.environ.get("IMAGINAIRY_DEVICE"):
-        return torch.device(requested)
+        return as_device(requested, source="IMAGINAIRY_DEVICE")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def as_device(device: torch.device | str, source: str = "device") -> torch.device:
+    """`device` as a torch.device; InvalidInputError for a name torch does not know (e.g. "gpu")."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidInputError(f"{source}={device!r} is not a torch device: use e.g. cpu, cuda, cuda:1 or mps") from e
 
 
 # CPU feature flags (Linux /proc/cpuinfo names) of native bfloat16 matrix arithmetic: x86 AVX512-BF16 / AMX, Arm BF16.

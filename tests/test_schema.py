@@ -131,6 +131,22 @@ def test_normalisation_is_stable_under_replace(image_path):
 # --- defaults ---
 
 
+# The defaults of the post-processing and editing fields, the same in defaults() and in to_metadata().
+ENHANCE_AND_EDIT_DEFAULTS = {
+    "fix_faces": False,
+    "fix_faces_fidelity": 0.2,
+    "upscale": False,
+    "caption": False,
+    "safety_mode": None,
+    "mask_prompt": None,
+    "mask_image": None,
+    "mask_mode": "replace",
+    "mask_modify_original": True,
+    "outpaint": None,
+    "seamless_boost": 0.0,
+}
+
+
 def test_defaults():
     assert ImaginePrompt.defaults() == {
         "prompt": None,
@@ -149,17 +165,7 @@ def test_defaults():
         "model_config": None,
         "precision": "auto",
         "memory_mode": "high",
-        "fix_faces": False,
-        "fix_faces_fidelity": 0.2,
-        "upscale": False,
-        "caption": False,
-        "safety_mode": None,
-        "mask_prompt": None,
-        "mask_image": None,
-        "mask_mode": "replace",
-        "mask_modify_original": True,
-        "outpaint": None,
-        "seamless_boost": 0.0,
+        **ENHANCE_AND_EDIT_DEFAULTS,
     }
 
 
@@ -372,17 +378,7 @@ def test_to_metadata(image_path):
         "model": "sd-1.5",
         "model_config": None,
         "precision": "auto",
-        "fix_faces": False,
-        "fix_faces_fidelity": 0.2,
-        "upscale": False,
-        "caption": False,
-        "safety_mode": None,
-        "mask_prompt": None,
-        "mask_image": None,
-        "mask_mode": "replace",
-        "mask_modify_original": True,
-        "outpaint": None,
-        "seamless_boost": 0.0,
+        **ENHANCE_AND_EDIT_DEFAULTS,
     }
 
 

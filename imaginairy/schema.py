@@ -40,8 +40,8 @@ SAMPLER_TYPES = (
 )
 TILE_MODES = ("", "x", "y", "xy")
 MASK_MODES = ("replace", "keep")
-# With a mask and the model left at its default, the default's inpainting variant is used.
-INPAINTING_VARIANTS = {"sd-1.5": "sd-1.5-inpainting"}
+DEFAULT_MODEL = "sd-1.5"
+DEFAULT_EDIT_MODEL = "sd-1.5-inpainting"  # the model when none is named and a mask or an outpaint spec is given
 # "auto": bf16 where the hardware computes it natively, else full (float32); resolved when the model is loaded.
 PRECISIONS = ("auto", "full", "autocast", "bf16", "fp16")
 # high: everything stays on the device; mid: also attention in slices and half precision on a GPU;
@@ -256,7 +256,7 @@ class ImaginePrompt:
     sampler_type: str = "k_dpmpp_2m"
     ddim_eta: float = 0.0
     tile_mode: str = ""
-    model: str = "sd-1.5"
+    model: str | None = None
     model_config: str | None = None
     precision: str = "auto"
     memory_mode: str = "high"
@@ -487,15 +487,15 @@ def _check_outpaint(value: Any) -> str | None:
 
 
 def _check_edit_inputs(prompt: ImaginePrompt) -> None:
-    """Masks and outpainting edit an init image; a mask comes from a prompt or an image, not both. With a mask or an
-    outpaint spec and the default model, the model becomes the default's inpainting variant."""
+    """Masks and outpainting edit an init image; a mask comes from a prompt or an image, not both. With no model
+    named, the default model, or with a mask or an outpaint spec the default inpainting model."""
     edit_fields = [name for name in ("mask_prompt", "mask_image", "outpaint") if getattr(prompt, name) is not None]
     if edit_fields and prompt.init_image is None:
         raise InvalidInputError(f"{edit_fields[0]} edits an init image: give init_image too.")
     if prompt.mask_prompt is not None and prompt.mask_image is not None:
         raise InvalidInputError("Give either mask_prompt or mask_image, not both.")
-    if edit_fields and prompt.model in INPAINTING_VARIANTS:
-        prompt.model = INPAINTING_VARIANTS[prompt.model]
+    if prompt.model is None:
+        prompt.model = DEFAULT_EDIT_MODEL if edit_fields else DEFAULT_MODEL
 
 
 def _as_lazy_image(value: Any, field: str = "init_image") -> LazyLoadingImage | None:

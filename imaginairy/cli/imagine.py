@@ -8,7 +8,16 @@ import logging
 import click
 
 from imaginairy.cli.errors import reported_errors
-from imaginairy.schema import MASK_MODES, MEMORY_MODES, PRECISIONS, SAFETY_MODES, SAMPLER_TYPES, ImaginePrompt
+from imaginairy.schema import (
+    DEFAULT_EDIT_MODEL,
+    DEFAULT_MODEL,
+    MASK_MODES,
+    MEMORY_MODES,
+    PRECISIONS,
+    SAFETY_MODES,
+    SAMPLER_TYPES,
+    ImaginePrompt,
+)
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImaginePrompt)}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -50,8 +59,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--tile", "tile_mode", flag_value="xy", help="Make an image that tiles in both directions.")
 @click.option("--tile-x", "tile_mode", flag_value="x", help="Make an image that tiles left to right.")
 @click.option("--tile-y", "tile_mode", flag_value="y", help="Make an image that tiles top to bottom.")
-@click.option("--model", default=DEFAULTS["model"], show_default=True,
-              help="A model name (see README) or the path of a .safetensors/.ckpt file.")
+@click.option("--model", help="A model name (see README) or the path of a .safetensors/.ckpt file "
+              f"[default: {DEFAULT_MODEL}; with a mask or --outpaint: {DEFAULT_EDIT_MODEL}].")
 @click.option("--model-config", type=click.Path(dir_okay=False),
               help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,

@@ -193,11 +193,12 @@ def test_mask_settings_are_in_the_metadata_and_round_trip(tmp_path, mask_image, 
         ({"mask_prompt": "fruit"}, "sd-1.5-inpainting", "sd-v1-inpainting.yaml"),
         ({"outpaint": "all64"}, "sd-1.5-inpainting", "sd-v1-inpainting.yaml"),
         ({"mask_prompt": "fruit", "model": "sd-2.1"}, "sd-2.1", "sd-v2.yaml"),
+        ({"mask_prompt": "fruit", "model": "sd-1.5"}, "sd-1.5", "sd-v1.yaml"),  # named explicitly: kept
         ({"mask_prompt": "fruit", "model": "sd-2.0-inpainting"}, "sd-2.0-inpainting", "sd-v2-inpainting.yaml"),
         ({}, "sd-1.5", "sd-v1.yaml"),
     ],
 )
-def test_inpainting_model_is_chosen_when_the_model_is_left_at_its_default(settings, model, config_name):
+def test_inpainting_model_is_chosen_when_no_model_is_named(settings, model, config_name):
     prompt = ImaginePrompt("x", init_image=Image.new("RGB", (64, 64)), **settings)
     assert prompt.model == model
     assert resolve_model(prompt.model).config_path.name == config_name  # resolved without loading anything

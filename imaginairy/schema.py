@@ -165,11 +165,31 @@ class LazyLoadingImage:
         from PIL import ImageOps
 
         try:
-            img = ImageOps.exif_transpose(img)
+            img = eight_bit(ImageOps.exif_transpose(img))
             self._alpha = img.convert("RGBA").getchannel("A") if img.has_transparency_data else None
             self._rgb = img.convert("RGB")
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageLoadError(f"Cannot read image {self.source}: {_reason(e)}.") from e
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """`img` with 16-bit or 32-bit integer and float grey levels scaled to 8 bits (PIL's own conversion clips them,
+    turning a 16-bit image nearly white); other images as they are. Integer images use the 16-bit range, float images
+    [0, 1], or [0, max] when they go beyond 1."""
+    if img.mode.startswith("I"):
+        import numpy as np
+
+        levels = np.asarray(img, dtype=np.float64) / 257
+    elif img.mode == "F":
+        import numpy as np
+
+        levels = np.asarray(img, dtype=np.float64)
+        levels = levels * 255 / max(1.0, float(np.nanmax(levels, initial=0.0)))
+    else:
+        return img
+    from PIL import Image
+
+    return Image.fromarray(np.nan_to_num(levels).round().clip(0, 255).astype(np.uint8), mode="L")
 
 
 def _check_image_path(filepath: str) -> None:

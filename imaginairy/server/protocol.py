@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
 from imaginairy.errors import InvalidInputError
-from imaginairy.schema import ImaginePrompt
+from imaginairy.schema import ImaginePrompt, eight_bit
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -164,6 +164,7 @@ def decode_image(artifact: generation.Artifact, what: str) -> Image.Image:
             raise BadRequest(f"The {what} is {width}x{height}px, larger than this server accepts "
                              f"({MAX_INPUT_IMAGE_PIXELS} pixels).")
         img.load()
+        img = eight_bit(img)
     except BadRequest:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

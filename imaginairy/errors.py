@@ -5,6 +5,13 @@ every other `ImaginAIryError` is a failure while carrying out a valid request (t
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), so the errors we raise
+    on top of another library's stay one line long."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
 class ImaginAIryError(Exception):
     """Base class of every error imaginairy raises on purpose."""
 

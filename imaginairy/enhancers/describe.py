@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imaginairy.errors import ModelLoadError
+from imaginairy.errors import ModelLoadError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +106,7 @@ def _load_caption_model(folder: Path, device: str) -> CaptionModel:
         model = BlipForConditionalGeneration.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ModelLoadError(
-            f"Cannot load the caption model from {folder}: {str(error).strip().splitlines()[0]}"
+            f"Cannot load the caption model from {folder}: {first_line(error)}"
             f" (expected a copy of the {BLIP_REPO} hub repo)"
         ) from error
     torch_device = torch.device(device)

@@ -33,6 +33,7 @@ from imaginairy.errors import (
     ModelLoadError,
     SafetyCheckUnavailableError,
     WeightsUnavailableError,
+    first_line,
 )
 from imaginairy.schema import SAFETY_MODES
 
@@ -271,7 +272,7 @@ def _load_safety_checker(folder: Path, device: str) -> SafetyChecker:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         raise ModelLoadError(
-            f"Safety checker weights in {folder} do not fit the checker: {str(error).splitlines()[0]}"
+            f"Safety checker weights in {folder} do not fit the checker: {first_line(error)}"
             f" (expected a copy of the {SAFETY_CHECKER_REPO} repo)"
         ) from error
     image_processor = CLIPImageProcessor.from_pretrained(folder)

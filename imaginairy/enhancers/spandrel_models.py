@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from imaginairy.errors import ModelLoadError
+from imaginairy.errors import ModelLoadError, first_line
 
 LOADED_MODELS_KEPT = 4
 
@@ -64,7 +64,7 @@ def image_model_from_state_dict(state_dict: dict, *, source: str = "state dict")
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError, AssertionError) as err:
         raise ModelLoadError(
             f"Cannot load {source}: its tensors do not fit the detected architecture ({type(err).__name__}:"
-            f" {_first_line(err)}); the file may be damaged or a variant we do not support"
+            f" {first_line(err)}); the file may be damaged or a variant we do not support"
         ) from err
     if not isinstance(model, ImageModelDescriptor):
         raise ModelLoadError(f"Cannot load {source}: it is a {model.architecture.name} model, not an image-to-image model")
@@ -91,6 +91,3 @@ def supported_dtype(model, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0].strip() if lines else type(err).__name__

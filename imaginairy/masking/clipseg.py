@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imaginairy.errors import ModelLoadError, ModelNotFoundError, WeightsUnavailableError
+from imaginairy.errors import ModelLoadError, ModelNotFoundError, WeightsUnavailableError, first_line
 from imaginairy.masking.expression import evaluate, parse_mask_expression, phrases
 
 DEFAULT_CLIPSEG_LOCATION = "CIDAS/clipseg-rd64-refined"
@@ -74,7 +74,7 @@ def _load_clipseg_cached(location: str, device: torch.device, dtype: torch.dtype
         network = CLIPSegForImageSegmentation.from_pretrained(folder, dtype=dtype)
         processor = CLIPSegProcessor.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ModelLoadError(
             f"Cannot load CLIPSeg from {folder}: {reason}; the folder needs config.json, model.safetensors,"
             " vocab.json, merges.txt and preprocessor_config.json as in the CIDAS/clipseg-rd64-refined repo"

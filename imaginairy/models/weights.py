@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imaginairy.errors import InvalidInputError, ModelLoadError, ModelNotFoundError, WeightsUnavailableError
+from imaginairy.errors import InvalidInputError, ModelLoadError, ModelNotFoundError, WeightsUnavailableError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -302,7 +302,7 @@ def _download_failure_reason(err: BaseException) -> str:
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, urllib.error.URLError):
         return str(err.reason)
-    return _first_line(err)
+    return _first_sentence(err)
 
 
 def _url_unavailable_message(url: str, cached: Path, reason: str) -> str:
@@ -330,7 +330,7 @@ def _hub_failure_reason(offline: bool, err: BaseException) -> str:
         return "the repo has no such revision"
     if isinstance(err, EntryNotFoundError):
         return "the repo has no such file, or it could not be reached"
-    return _first_line(err)
+    return _first_sentence(err)
 
 
 def _hub_file_unavailable_message(hub_file: HubFile, cache_dir: Path, offline: bool, err: BaseException) -> str:
@@ -403,7 +403,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
             file_size = path.stat().st_size
             return {name: _safetensors_view(file, file_size, data_start, entry) for name, entry in header.items()}
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        reason = f"not a valid safetensors file ({_first_line(err)})"
+        reason = f"not a valid safetensors file ({_first_sentence(err)})"
         raise ModelLoadError(f"Cannot load weights file {path}: {reason}") from err
 
 
@@ -457,13 +457,11 @@ def _torch_load_failure_reason(err: BaseException) -> str:
             f"it needs code to load ({unsupported_global[1]}), and checkpoints are only loaded as data"
             " (torch.load weights_only=True); convert it to .safetensors where it came from"
         )
-    return f"corrupt, truncated or not a checkpoint ({type(err).__name__}: {_first_line(err)})"
+    return f"corrupt, truncated or not a checkpoint ({type(err).__name__}: {_first_sentence(err)})"
 
 
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an exception's message, to keep our one-line errors short."""
-    lines = str(err).strip().splitlines()
-    return lines[0].strip().split(". ")[0] if lines else type(err).__name__
+def _first_sentence(err: BaseException) -> str:
+    return first_line(err).split(". ")[0]
 
 
 def _unshared_contiguous_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

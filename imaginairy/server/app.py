@@ -13,7 +13,7 @@ from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
 
 from imaginairy.errors import InvalidInputError
 from imaginairy.server.auth import BearerTokenInterceptor
-from imaginairy.server.defaults import DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT, VRAM_MODES
+from imaginairy.server.defaults import DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT, MAX_MESSAGE_BYTES, VRAM_MODES
 from imaginairy.server.engines import load_engines
 from imaginairy.server.queue import GenerationQueue
 from imaginairy.server.service import (
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Largest message either way: a request with an init image and a mask, or an answer with one PNG. The
 # stability-sdk clients allow 10 MiB (StabilityInference) and 20 MiB (api.Context).
-MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 # Handler threads besides those that wait in the queue: for ListEngines, refusals and the call being taken in.
 SPARE_HANDLER_THREADS = 4
 SHUTDOWN_GRACE_SECONDS = 2.0

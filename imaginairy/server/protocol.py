@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -17,12 +18,15 @@ from stability_sdk.interfaces.gooseai.generation import generation_pb2 as genera
 
 from imaginairy.errors import InvalidInputError
 from imaginairy.schema import ImaginePrompt, eight_bit
+from imaginairy.server.defaults import MAX_ANSWER_IMAGE_BYTES
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from imaginairy.schema import ImagineResult
     from imaginairy.server.engines import Engine
+
+logger = logging.getLogger(__name__)
 
 # The Stability sampler enum -> our sampler names. SAMPLER_DDIM is 0, the proto3 default, so a request names a
 # sampler only when `transform.diffusion` is present (HasField), never by its value.
@@ -304,13 +308,24 @@ def finish_reason(result: ImagineResult) -> int:
 
 
 def png_bytes(result: ImagineResult, *, embed_metadata: bool) -> bytes:
+    """The final image as PNG; when that is too large for one answer (an edit pasted into a very large init image),
+    the image at its generated size instead."""
+    png = encode_png(result.img, result.metadata if embed_metadata else None)
+    if len(png) > MAX_ANSWER_IMAGE_BYTES and result.final_kind != "generated":
+        logger.warning("the %s image is %d bytes, more than one answer holds: sending the generated image",
+                       result.final_kind, len(png))
+        png = encode_png(result.images["generated"], result.metadata if embed_metadata else None)
+    return png
+
+
+def encode_png(img: Image.Image, metadata: dict | None) -> bytes:
     from imaginairy.utils.metadata import write_image_with_metadata
 
     buffer = io.BytesIO()
-    if embed_metadata:
-        write_image_with_metadata(result.img, buffer, "PNG", result.metadata)
+    if metadata is not None:
+        write_image_with_metadata(img, buffer, "PNG", metadata)
     else:
-        result.img.save(buffer, format="PNG")
+        img.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
+from imaginairy.schema import ImaginePrompt
 from imaginairy.server.engines import Engine
 from imaginairy.server.protocol import SAMPLERS, request_to_prompts, sample_seeds
 
@@ -88,3 +92,18 @@ def test_default_engines_file_names_registered_models():
     engines = load_engines()
     assert engines["stable-diffusion-v1-5"].model == "sd-1.5"
     assert all(engine.model in registered_models() for engine in engines.values())
+
+
+def test_an_answer_too_large_for_one_message_carries_the_generated_image(monkeypatch):
+    from PIL import Image
+
+    from imaginairy.schema import ImagineResult
+    from imaginairy.server import protocol
+
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    result = ImagineResult({"generated": Image.new("RGB", (64, 64), "red"), "modified_original": Image.fromarray(noise)},
+                           ImaginePrompt("x", seed=1))
+    assert len(protocol.png_bytes(result, embed_metadata=False)) > 150_000  # the large final image fits
+    monkeypatch.setattr(protocol, "MAX_ANSWER_IMAGE_BYTES", 150_000)
+    sent = Image.open(io.BytesIO(protocol.png_bytes(result, embed_metadata=True)))
+    assert sent.size == (64, 64)

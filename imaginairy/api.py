@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -31,11 +30,12 @@ def imagine(
     """
     import torch
 
+    from imaginairy.models.cache import shared_model_cache
     from imaginairy.pipeline import generate, resolve_size
     from imaginairy.utils.devices import as_device, default_device
 
     device = as_device(device) if device is not None else default_device()
-    cache = model_cache if model_cache is not None else default_model_cache(device.type)
+    cache = model_cache if model_cache is not None else shared_model_cache(device.type)
     prompts = normalize_prompts(prompts)
     fetch_weights_first(prompts)
     for prompt in prompts:
@@ -154,24 +154,6 @@ def load_model(prompt: ImaginePrompt, device, cache):
     # the weights file's size bounds the loaded model's (a float32 file loaded in 16 bits takes half)
     expected_bytes = resolve_weights(spec.weights).stat().st_size
     return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype), expected_bytes)
-
-
-@functools.lru_cache(maxsize=None)
-def default_model_cache(device_type: str):
-    """The process-wide model cache of a kind of device: models stay loaded while they fit in half of its memory
-    (the GPU's for CUDA, the recommended working set for Apple MPS, else the machine's RAM)."""
-    import psutil
-    import torch
-
-    from imaginairy.models.cache import ModelCache
-
-    if device_type == "cuda":
-        memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    elif device_type == "mps":
-        memory = torch.mps.recommended_max_memory()
-    else:
-        memory = psutil.virtual_memory().total
-    return ModelCache(max_bytes=memory // 2)
 
 
 class ProgressBar:

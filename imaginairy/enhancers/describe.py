@@ -8,13 +8,13 @@ This module imports no heavy library at the top: torch and transformers are impo
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imaginairy.errors import ModelLoadError, first_line
+from imaginairy.models.cache import in_shared_cache
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +96,7 @@ def blip_model_dir(model_location: str | os.PathLike | None = None) -> Path:
     )
 
 
-@functools.lru_cache(maxsize=2)
+@in_shared_cache
 def _load_caption_model(folder: Path, device: str) -> CaptionModel:
     import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor

@@ -14,7 +14,6 @@ cascade, which ships inside opencv-python, because RetinaFace's weights are a do
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from PIL import Image
 
 from imaginairy.enhancers.spandrel_models import load_image_model
 from imaginairy.errors import InvalidInputError, ModelLoadError
+from imaginairy.models.cache import in_shared_cache
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def codeformer_restorer(
     return restore
 
 
-@functools.lru_cache(maxsize=2)
+@in_shared_cache
 def _load_retinaface(location: str, device: str):
     from facexlib.detection.retinaface import RetinaFace
 

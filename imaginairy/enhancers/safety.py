@@ -35,6 +35,7 @@ from imaginairy.errors import (
     WeightsUnavailableError,
     first_line,
 )
+from imaginairy.models.cache import in_shared_cache
 from imaginairy.schema import SAFETY_MODES
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ def classify_images(checker: SafetyChecker, images: list[Image.Image]) -> list[S
     return results
 
 
-@functools.lru_cache(maxsize=2)
+@in_shared_cache
 def _load_safety_checker(folder: Path, device: str) -> SafetyChecker:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor

@@ -13,8 +13,7 @@ import os
 import torch
 
 from imaginairy.errors import ModelLoadError, first_line
-
-LOADED_MODELS_KEPT = 4
+from imaginairy.models.cache import in_shared_cache
 
 
 def load_image_model(
@@ -35,7 +34,7 @@ def load_image_model(
     return _load_image_model_cached(os.fspath(location), str(device), dtype or torch.float32)
 
 
-@functools.lru_cache(maxsize=LOADED_MODELS_KEPT)
+@in_shared_cache
 def _load_image_model_cached(location: str, device: str, dtype: torch.dtype):
     from imaginairy.models.weights import load_state_dict, resolve_weights
 

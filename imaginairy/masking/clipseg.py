@@ -12,7 +12,6 @@ in every direction, so seams of an edit fall outside the object.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ from PIL import Image
 
 from imaginairy.errors import ModelLoadError, ModelNotFoundError, WeightsUnavailableError, first_line
 from imaginairy.masking.expression import evaluate, parse_mask_expression, phrases
+from imaginairy.models.cache import in_shared_cache
 
 DEFAULT_CLIPSEG_LOCATION = "CIDAS/clipseg-rd64-refined"
 CLIPSEG_FILE_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 HUB_REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LOADED_CLIPSEG_LIMIT = 2
 
 BLUR_SIGMA_FRACTION = 0.01
 MIN_BLUR_SIGMA_PIXELS = 1.0
@@ -54,7 +53,7 @@ def load_clipseg(
 ) -> ClipSeg:
     """CLIPSeg from a local repo folder or a hub repo id, on `device` (default: the best one present) in `dtype`.
 
-    The last LOADED_CLIPSEG_LIMIT loaded (location, device, dtype) combinations are kept and returned again.
+    Loaded models stay in the device's shared model cache and are returned again.
     Raises WeightsUnavailableError when a hub repo is neither cached nor downloadable, ModelNotFoundError for a
     path that is not a folder, ModelLoadError when the folder does not hold a CLIPSeg model.
     """
@@ -65,7 +64,7 @@ def load_clipseg(
     return _load_clipseg_cached(str(location), torch.device(device), dtype)
 
 
-@functools.lru_cache(maxsize=LOADED_CLIPSEG_LIMIT)
+@in_shared_cache
 def _load_clipseg_cached(location: str, device: torch.device, dtype: torch.dtype) -> ClipSeg:
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 

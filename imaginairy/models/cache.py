@@ -1,19 +1,40 @@
-"""An LRU cache of loaded diffusion models, bounded by the bytes their parameters take."""
+"""An LRU cache of loaded models, bounded by the bytes their parameters take, and the shared one per device.
+
+The diffusion models (imaginairy.api) and the helper models (safety checker, BLIP, CLIPSeg, CodeFormer, RetinaFace,
+RealESRGAN: loaders decorated with `in_shared_cache`) share one budget per kind of device. torch is imported only
+when a model is measured or loaded, so modules the CLI imports at start-up may use the decorator.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 
 def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def held_bytes(loaded: object) -> int:
+    """The tensor bytes a loaded model holds: a module's, or those of the modules in a dataclass bundling a network
+    with its processor."""
+    import torch
+
+    if isinstance(loaded, torch.nn.Module):
+        return module_bytes(loaded)
+    if dataclasses.is_dataclass(loaded):
+        return sum(held_bytes(getattr(loaded, field.name)) for field in dataclasses.fields(loaded))
+    return 0
 
 
 class ModelCache:
@@ -59,10 +80,44 @@ class ModelCache:
             _free_memory()
 
     def _total_bytes(self) -> int:
-        return sum(module_bytes(m) for m in self._models.values())
+        return sum(held_bytes(m) for m in self._models.values())
+
+
+@functools.lru_cache(maxsize=None)
+def shared_model_cache(device_type: str) -> ModelCache:
+    """The process-wide model cache of a kind of device: models stay loaded while they fit in half of its memory
+    (the GPU's for CUDA, the recommended working set for Apple MPS, else the machine's RAM)."""
+    import psutil
+    import torch
+
+    if device_type == "cuda":
+        memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    elif device_type == "mps":
+        memory = torch.mps.recommended_max_memory()
+    else:
+        memory = psutil.virtual_memory().total
+    return ModelCache(max_bytes=memory // 2)
+
+
+def in_shared_cache(loader: Callable) -> Callable:
+    """For a model loader called as `loader(location, device, ...)` with hashable arguments: its results are kept in
+    the device's shared cache, so they count against the same budget as the diffusion models and are unloaded,
+    least recently used first, when room is needed."""
+
+    @functools.wraps(loader)
+    def cached_loader(*args):
+        import torch
+
+        device_type = torch.device(args[1]).type
+        key = (loader.__module__, loader.__qualname__, *map(str, args))
+        return shared_model_cache(device_type).get(key, lambda: loader(*args))
+
+    return cached_loader
 
 
 def _free_memory() -> None:
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -34,13 +34,7 @@ class AimgGroup(click.Group):
         if cmd_name in self.commands or cmd_name not in LAZY_COMMANDS:
             return super().get_command(ctx, cmd_name)
         module_name, command_name = LAZY_COMMANDS[cmd_name]
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            return None
-        return getattr(module, command_name, None)
+        return getattr(importlib.import_module(module_name), command_name)
 
 
 class ShellGroup(AimgGroup):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from imaginairy.masking.inpaint import (
+    LATENT_SCALE,
     Edit,
     composited_onto_frame,
     edit_result_images,
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, torch.Tensor], "bool | None"]
 LATENT_CHANNELS = 4
-LATENT_SCALE = 8
 
 
 def resolve_size(prompt: ImaginePrompt, model: LatentDiffusion) -> ImaginePrompt:

@@ -543,13 +543,11 @@ class ImagineResult:
         images: dict[str, Image.Image],
         prompt: ImaginePrompt,
         metadata: dict[str, Any] | None = None,
-        timings: dict[str, float] | None = None,
     ):
         if "generated" not in images:
             raise ValueError(f"ImagineResult needs a 'generated' image; got kinds {sorted(images)}.")
         self.images = dict(images)
         self.prompt = prompt
-        self.timings = dict(timings or {})
         if metadata is None:
             from imaginairy.utils.metadata import build_metadata
 

@@ -3,13 +3,15 @@
 Usage (from the repository root, with the project venv):
 
     .venv/bin/python scripts/bench.py                          # everything; about 30 min on a 2-core CPU
-    .venv/bin/python scripts/bench.py --only unet --repeats 3  # one UNet CFG step (batch 2), fp32 and bf16
+    .venv/bin/python scripts/bench.py --only unet --repeats 3  # one UNet CFG step, fp32 and bf16
     .venv/bin/python scripts/bench.py --only txt2img --steps 5 --precisions bf16
     .venv/bin/python scripts/bench.py --only startup --only load --only vae2048
     .venv/bin/python scripts/bench.py --workdir /tmp/bench     # keep (and reuse) the generated weights
 
 Parts (`--only`, repeatable; default all):
-- unet:    one UNet call at 512x512 with classifier-free guidance (batch 2).
+- unet:    one UNet call at 512x512 with classifier-free guidance: the unconditional and conditional outputs of one
+           latent, called the way each library's sampler calls it (diffusers stacks the latent twice; ours passes
+           it once and the UNet shares the layers before the first cross-attention).
 - txt2img: a whole txt2img (DDIM, `--steps` steps, guidance 7.5, VAE decode) from the same text embeddings and
            initial noise on both sides; the text encoder is left out (it is the same transformers model on both).
 - startup: wall time of `imagine --help`.
@@ -152,10 +154,10 @@ class OurRunner:
         spec = ModelSpec("bench", str(checkpoint), checkpoint.with_suffix(".yaml"))
         self.model = load_diffusion_model(spec, dtype=dtype)
 
-    def unet(self, x, t, context):
+    def unet(self, latent, t, context):
         from imaginairy.pipeline import unet_function
 
-        return unet_function(self.model)(x, t, context)
+        return unet_function(self.model)(latent, t, context)
 
     def txt2img(self, inputs: dict, steps: int):
         import torch
@@ -194,9 +196,12 @@ class DiffusersRunner:
         autocast = precision == "bf16-autocast"
         self.context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
 
-    def unet(self, x, t, context):
+    def unet(self, latent, t, context):
+        import torch
+
+        x, t = torch.cat([latent] * 2).to(self.dtype), torch.cat([t] * 2)
         with self.context():
-            return self.pipe.unet(x.to(self.dtype), t, encoder_hidden_states=context.to(self.dtype)).sample.float()
+            return self.pipe.unet(x, t, encoder_hidden_states=context.to(self.dtype)).sample.float()
 
     def txt2img(self, inputs: dict, steps: int):
         with self.context():
@@ -218,8 +223,7 @@ def worker(spec: dict) -> None:
     load_seconds = time.perf_counter() - started
     inputs = torch.load(workdir / f"inputs-{spec['size']}.pt")
     latent = inputs["noise"]
-    x = torch.cat([latent, latent])
-    t = torch.full((2,), TIMESTEP)
+    t = torch.full((1,), TIMESTEP)
     context = torch.cat([inputs["uncond"], inputs["cond"]])
     print(json.dumps({"ready": True, "load_seconds": load_seconds}), flush=True)
     for line in sys.stdin:
@@ -228,7 +232,7 @@ def worker(spec: dict) -> None:
             break
         with torch.inference_mode():
             started = time.perf_counter()
-            output = runner.unet(x, t, context) if task == "unet" else runner.txt2img(inputs, spec["steps"])
+            output = runner.unet(latent, t, context) if task == "unet" else runner.txt2img(inputs, spec["steps"])
             seconds = time.perf_counter() - started
         torch.save(output, workdir / f"out-{spec['name']}-{task}.pt")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

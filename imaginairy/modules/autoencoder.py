@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imaginairy.modules.attention import attention
 from imaginairy.modules.layers import TileableConv2d, group_norm, pad_for_tile_mode
 
 
@@ -51,7 +52,7 @@ class AttnBlock(nn.Module):
         batch, channels, height, width = x.shape
         h = self.norm(x)
         q, k, v = (proj(h).flatten(2).transpose(1, 2)[:, None] for proj in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)
+        h = attention(q, k, v)
         h = h[:, 0].transpose(1, 2).reshape(batch, channels, height, width)
         return self.proj_out(h).add_(x)
 

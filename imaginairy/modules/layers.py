@@ -1,4 +1,6 @@
-"""Small pieces shared by the UNet and the autoencoder: group norm, tileable 3x3 convolution, timestep embedding."""
+"""Small pieces shared by the UNet and the autoencoder: group norm, tileable 3x3 convolution, timestep embedding,
+and a linear layer whose CPU matrix product runs through oneDNN.
+"""
 
 import math
 
@@ -12,6 +14,42 @@ TILE_MODES = ("", "x", "y", "xy")
 def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     """The 32-group norm used throughout Stable Diffusion. It runs in the input dtype (bf16 and fp16 included)."""
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=eps, affine=True)
+
+
+def onednn_runs_cpu_convolutions() -> bool:
+    """True on x86 CPUs, where PyTorch's convolutions run through oneDNN's JIT kernels for the CPU's own ISA."""
+    return torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias); on x86 CPUs computed as a 1x1 convolution over a channels-last view of the tokens.
+
+    PyTorch sends float32 CPU matrix products to MKL, which runs a slower code path on non-Intel CPUs (half of
+    oneDNN's speed on an AVX-512 AMD EPYC, measured with scripts/bench.py); convolutions go to oneDNN, which is fast on
+    both vendors and also beats the bf16 matmul path. The result is the same product, summed in a different order.
+    """
+    if x.device.type != "cpu" or not onednn_runs_cpu_convolutions():
+        return F.linear(x, weight, bias)
+    out_features, in_features = weight.shape
+    # [..., in] -> [1, in, tokens, 1] whose memory is the tokens' rows: a channels-last view, no copy.
+    tokens = x.reshape(1, -1, 1, in_features).permute(0, 3, 1, 2)
+    out = F.conv2d(tokens, weight.view(out_features, in_features, 1, 1), bias)
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) computed by `linear` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def repeat_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """`x` stacked `batch // len(x)` times along the batch: a latent shared by several text contexts, widened to
+    their batch where the contexts first make the rows differ. Concatenation keeps the memory format."""
+    if x.shape[0] == batch:
+        return x
+    return torch.cat([x] * (batch // x.shape[0]))
 
 
 def pad_for_tile_mode(x: torch.Tensor, padding: tuple[int, int, int, int], tile_mode: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 
 from imaginairy.errors import ModelLoadError
 from imaginairy.modules.attention import SpatialTransformer
-from imaginairy.modules.layers import TileableConv2d, group_norm, timestep_embedding
+from imaginairy.modules.layers import TileableConv2d, group_norm, repeat_batch, timestep_embedding
 
 # CompVis options that would change the architecture; only their defaults are supported.
 UNSUPPORTED_CONFIG_DEFAULTS = {
@@ -58,7 +58,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
-        h += self.emb_layers(emb)[:, :, None, None]
+        h += repeat_batch(self.emb_layers(emb), h.shape[0])[:, :, None, None]
         h = self.out_layers(h)
         return h.add_(self.skip_connection(x))
 
@@ -193,7 +193,14 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x: latents [B, in_channels, H, W] in the model dtype; timesteps: [B] (or scalar), may be fractional;
-        context: text embeddings [B, tokens, context_dim] in the model dtype."""
+        context: text embeddings [k*B, tokens, context_dim] in the model dtype.
+
+        With k > 1 contexts per latent (classifier-free guidance: k = 2, [uncond; cond]), the output is that of the
+        latents stacked k times, [x; x], but the layers before the first cross-attention, whose rows would be
+        identical, run once on B rows.
+        """
+        if context is not None and context.shape[0] % x.shape[0]:
+            raise ValueError(f"context batch {context.shape[0]} is not a multiple of the latent batch {x.shape[0]}")
         timesteps = timesteps.expand(x.shape[0]) if timesteps.ndim == 0 else timesteps
         time_features = timestep_embedding(timesteps, self.model_channels)
         emb = self.time_embed(time_features.to(self.time_embed[0].weight.dtype))
@@ -205,6 +212,6 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)
+            h = torch.cat([h, repeat_batch(skips.pop(), h.shape[0])], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h)

@@ -11,6 +11,7 @@ import torch
 
 from imaginairy.errors import GenerationCancelled
 
+# (x [B, ...], t [B], context [k*B, ...]) -> output [k*B, ...]: the latents are shared by k stacked context groups.
 ModelFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 GuidedModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressCallback = Callable[[int, "int | None", torch.Tensor], "bool | None"]
@@ -21,7 +22,8 @@ def guided_model_fn(
 ) -> GuidedModel:
     """`(x, t) -> guided model output`, with classifier-free guidance done in one batched call.
 
-    The batch is `[uncond, cond]`, the order diffusers uses, and the output is
+    The context batch is `[uncond, cond]`, the order diffusers uses; the latents go in once, shared by both (the
+    UNet widens them to the context batch where they first differ). The output is
     `uncond + guidance_scale * (cond - uncond)`. A scale of 1 is the conditional output alone, so the unconditional
     half is not computed.
     """
@@ -30,7 +32,7 @@ def guided_model_fn(
     context = torch.cat([uncond, cond])
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out_uncond, out_cond = model_fn(torch.cat([x, x]), torch.cat([t, t]), context).chunk(2)
+        out_uncond, out_cond = model_fn(x, t, context).chunk(2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
 
     return guided

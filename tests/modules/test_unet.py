@@ -58,6 +58,33 @@ def test_matches_diffusers_on_same_weights(params, timesteps):
 
 
 @pytest.mark.parametrize("params", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_latents_shared_by_stacked_contexts_match_diffusers_on_the_repeated_latents(params):
+    """Classifier-free guidance passes the latents once for [uncond; cond] (here 3 context groups of 2): the result
+    must be diffusers' on the latents stacked once per group, though our layers before the first cross-attention
+    ran on the unrepeated batch."""
+    unet = tiny_unet(params)
+    reference, _ = diffusers_unet_from_ours(unet, params)
+    latents, _ = unet_inputs(params)
+    context = torch.randn(6, 7, params["context_dim"], generator=torch.Generator().manual_seed(5))
+    timesteps = torch.tensor([999.0, 10.0])
+
+    with torch.no_grad():
+        ours = unet(latents, timesteps, context)
+        expected = reference(latents.repeat(3, 1, 1, 1), timesteps.repeat(3), encoder_hidden_states=context).sample
+
+    assert ours.shape == (6, params["out_channels"], 16, 16)
+    assert max_relative_error(ours, expected) < PARITY_TOLERANCE
+    assert not torch.allclose(ours[:2], ours[2:4], atol=1e-3)
+
+
+def test_context_batch_must_be_a_multiple_of_the_latent_batch():
+    unet = tiny_unet(TINY_UNET_SD1)
+    latents, context = unet_inputs(TINY_UNET_SD1)
+    with pytest.raises(ValueError, match="not a multiple"):
+        unet(latents, torch.tensor(250.0), context[:1].repeat(3, 1, 1))
+
+
+@pytest.mark.parametrize("params", LAYOUTS.values(), ids=LAYOUTS.keys())
 def test_key_set_is_exactly_what_diffusers_converter_maps(params):
     unet = tiny_unet(params)
     reference, converted = diffusers_unet_from_ours(unet, params)

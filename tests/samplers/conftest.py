@@ -13,7 +13,7 @@ CONTEXT_SHAPE = (BATCH, 3, 8)
 
 
 class AnalyticModel:
-    """`(x, t, context) -> output`: a fixed 1x1 convolution of x plus a timestep-dependent term from the context,
+    """`(x, t, context) -> output` (the samplers' ModelFunction contract): a fixed 1x1 convolution of x plus a timestep-dependent term from the context,
     so conditional and unconditional outputs differ and guidance matters. Counts its calls and keeps its inputs."""
 
     def __init__(self, seed: int = 0):
@@ -24,6 +24,8 @@ class AnalyticModel:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self.calls.append((x.clone(), t.clone(), context))
+        groups = context.shape[0] // x.shape[0]  # the latents are shared by stacked context groups ([uncond; cond])
+        x, t = x.repeat(groups, 1, 1, 1), t.repeat(groups)
         mixed = (self.weight[None, :, :, None, None] * x[:, None]).sum(dim=2)  # 1x1 conv, without BLAS threads
         context_term = (context.mean(dim=1)[:, :, None] * self.context_projection).sum(dim=1)
         return mixed + (torch.cos(t / 400) * 0.5)[:, None, None, None] * context_term[:, :, None, None]

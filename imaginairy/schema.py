@@ -164,9 +164,11 @@ class LazyLoadingImage:
     def _set_image(self, img: Image.Image) -> None:
         from PIL import ImageOps
 
+        from imaginairy.utils.images import alpha_channel
+
         try:
             img = eight_bit(ImageOps.exif_transpose(img))
-            self._alpha = img.convert("RGBA").getchannel("A") if img.has_transparency_data else None
+            self._alpha = alpha_channel(img)
             self._rgb = img.convert("RGB")
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageLoadError(f"Cannot read image {self.source}: {_reason(e)}.") from e

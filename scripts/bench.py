@@ -17,11 +17,13 @@ Parts (`--only`, repeatable; default all):
 - startup: wall time of `imagine --help`.
 - load:    our load of the saved SD-1.5-sized .safetensors checkpoint, against reading the file's bytes.
 - vae2048: peak memory of our VAE decode of a 2048x2048 image (decoded in tiles).
+- kernels: our CPU linear and attention against PyTorch's F.linear and F.scaled_dot_product_attention (what
+           diffusers calls) at the shapes of one SD-1.5 CFG step at 512x512, random inputs, min of 5 calls.
 
 How: the script builds our LatentDiffusion at the full sd-v1.yaml size with seeded random weights (std 1/sqrt(fan
 in), so activations stay in a realistic range), saves it as one CompVis-layout .safetensors file, and converts it with
 diffusers' own single-file converters into diffusers' UNet and VAE folders. Every configuration (implementation x
-precision) then runs in its own worker process, so its peak resident memory (ru_maxrss, which includes the model) is
+precision) then runs in its own worker process, so its peak resident memory (VmHWM, which includes the model) is
 its own. The workers of one precision are alive together and called in turn, round after round; each figure is the
 median over `--repeats` rounds (after one untimed warm-up call), so load from other processes on the machine hits
 both sides alike. Precisions: ours "fp32" / "bf16" (bf16 weights, channels_last); diffusers "fp32", "bf16-autocast"
@@ -46,7 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
-PARTS = ("unet", "txt2img", "startup", "load", "vae2048")
+PARTS = ("unet", "txt2img", "startup", "load", "vae2048", "kernels")
 WORKERS = {
     "fp32": [("ours", "fp32"), ("diffusers", "fp32")],
     "bf16": [("ours", "bf16"), ("diffusers", "bf16-autocast"), ("diffusers", "bf16")],
@@ -142,6 +144,18 @@ def shared_inputs(workdir: Path, size: int) -> Path:
 # ---------------------------------------------------------------- worker side
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss would also carry the
+    parent's peak at fork time (the parent may have just built the 4 GB checkpoint)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
 class OurRunner:
     def __init__(self, workdir: Path, precision: str):
         import torch
@@ -235,7 +249,7 @@ def worker(spec: dict) -> None:
             output = runner.unet(latent, t, context) if task == "unet" else runner.txt2img(inputs, spec["steps"])
             seconds = time.perf_counter() - started
         torch.save(output, workdir / f"out-{spec['name']}-{task}.pt")
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = peak_rss_mb()
         print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}), flush=True)
 
 
@@ -253,7 +267,7 @@ def load_worker(spec: dict) -> None:
     with torch.inference_mode():
         total = sum(float(p.sum()) for p in model.parameters())
     touched_seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"load": load_seconds, "load_and_touch": touched_seconds, "peak_mb": peak_mb, "sum": total}))
 
 
@@ -283,11 +297,61 @@ def vae_worker(spec: dict) -> None:
     with torch.inference_mode():
         pixels = model.decode_latent(latent, tiled=True)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "shape": list(pixels.shape)}))
 
 
-WORKER_FUNCTIONS = {"serve": worker, "load": load_worker, "read": read_file_worker, "vae": vae_worker}
+# (tokens, in, out) of the transformer projections at 64x64, 32x32 and 16x16 latents (CFG batch 2 x tokens).
+LINEAR_SHAPES = [(8192, 320, 320), (8192, 320, 2560), (8192, 1280, 320), (2048, 640, 640), (2048, 640, 5120),
+                 (2048, 2560, 640), (512, 1280, 1280), (512, 1280, 10240), (512, 5120, 1280)]  # fmt: skip
+# (tokens, keys, heads, head size): self-attention at the three resolutions, cross-attention at the first.
+ATTENTION_SHAPES = [(4096, 4096, 8, 40), (1024, 1024, 8, 80), (256, 256, 8, 160), (4096, 77, 8, 40)]
+
+
+def kernels_worker(spec: dict) -> None:
+    """Time our linear / attention against PyTorch's at SD shapes, per dtype; max |difference| of the outputs."""
+    import torch
+    import torch.nn.functional as F
+
+    from imaginairy.modules.attention import attention
+    from imaginairy.modules.layers import linear
+
+    def fastest(function, *inputs) -> float:
+        function(*inputs)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            function(*inputs)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for precision in spec["precisions"]:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        for tokens, features_in, features_out in LINEAR_SHAPES:
+            x = torch.randn(tokens, features_in, generator=generator).to(dtype)
+            weight = (torch.randn(features_out, features_in, generator=generator) / features_in**0.5).to(dtype)
+            rows.append({
+                "kernel": f"linear {tokens}x{features_in}->{features_out}", "precision": precision,
+                "ours_s": fastest(linear, x, weight), "torch_s": fastest(F.linear, x, weight),
+                "max_abs_diff": float((linear(x, weight).float() - F.linear(x, weight).float()).abs().max()),
+            })  # fmt: skip
+        for tokens, keys, heads, head_size in ATTENTION_SHAPES:
+            q, k, v = (torch.randn(2, n, heads * head_size, generator=generator).to(dtype).unflatten(-1, (heads, -1))
+                       .transpose(1, 2) for n in (tokens, keys, keys))  # fmt: skip
+            rows.append({
+                "kernel": f"attention {tokens}x{keys} keys, {heads}x{head_size}", "precision": precision,
+                "ours_s": fastest(attention, q, k, v), "torch_s": fastest(F.scaled_dot_product_attention, q, k, v),
+                "max_abs_diff": float((attention(q, k, v).float() - F.scaled_dot_product_attention(q, k, v).float())
+                                      .abs().max()),
+            })  # fmt: skip
+    print(json.dumps(rows))
+
+
+WORKER_FUNCTIONS = {
+    "serve": worker, "load": load_worker, "read": read_file_worker, "vae": vae_worker, "kernels": kernels_worker,
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------- parent side
@@ -396,6 +460,20 @@ def print_comparison(rows: list[dict]) -> None:
                       f"{these[0]['median_s'] / fastest['median_s']:.2f}")  # fmt: skip
 
 
+def print_kernels(rows: list[dict]) -> None:
+    print("\n| kernel | precision | ours ms | torch ms | ours / torch | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['kernel']} | {row['precision']} | {row['ours_s'] * 1000:.1f} | {row['torch_s'] * 1000:.1f} | "
+              f"{row['ours_s'] / row['torch_s']:.2f} | {row['max_abs_diff']:.1e} |")  # fmt: skip
+    for precision in sorted({row["precision"] for row in rows}):
+        for kind in ("linear", "attention"):
+            these = [row for row in rows if row["precision"] == precision and row["kernel"].startswith(kind)]
+            ours, theirs = sum(row["ours_s"] for row in these), sum(row["torch_s"] for row in these)
+            print(f"{kind} {precision}, all shapes: ours {ours * 1000:.0f} ms, torch {theirs * 1000:.0f} ms "
+                  f"({ours / theirs:.2f}x)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
@@ -419,6 +497,12 @@ def main() -> None:
     if "startup" in parts:
         results["startup_s"] = startup_seconds(args.repeats)
         print(f"imagine --help: {results['startup_s']:.3f} s (median of {args.repeats})", flush=True)
+    if "kernels" in parts:
+        results["kernels"] = run_one_shot("kernels", {"precisions": args.precisions.split(",")})
+        print_kernels(results["kernels"])
+    if not set(parts) - {"startup", "kernels"}:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        return
     started = time.perf_counter()
     checkpoint = random_checkpoint(workdir)
     print(f"random SD-1.5 checkpoint {checkpoint} ({checkpoint.stat().st_size / 2**30:.2f} GiB) ready in "

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from PIL import Image
 
 from imaginairy.enhancers.spandrel_models import load_image_model
 from imaginairy.errors import InvalidInputError, ModelLoadError
+from imaginairy.utils.images import alpha_channel, pil_to_tensor, tensor_to_pil
 
 REALESRGAN_X4PLUS_WEIGHTS = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
 DEFAULT_TILE_SIZE = 512
@@ -54,11 +54,13 @@ def upscale_image(
     check_tiling(tile_size, tile_overlap)
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_upscaler(model or REALESRGAN_X4PLUS_WEIGHTS, device=device, dtype=dtype)
-    rgb = image_to_tensor(img.convert("RGB"))
-    upscaled = tensor_to_image(upscale_tiled(model, rgb, tile_size=tile_size, tile_overlap=tile_overlap))
-    if has_transparency(img):
-        upscaled.putalpha(img.convert("RGBA").getchannel("A").resize(upscaled.size, Image.Resampling.LANCZOS))
-    return upscaled
+    rgb = (pil_to_tensor(img)[0] + 1) / 2
+    upscaled = upscale_tiled(model, rgb, tile_size=tile_size, tile_overlap=tile_overlap)
+    upscaled_img = tensor_to_pil(upscaled * 2 - 1)
+    alpha = alpha_channel(img)
+    if alpha is not None:
+        upscaled_img.putalpha(alpha.resize(upscaled_img.size, Image.Resampling.LANCZOS))
+    return upscaled_img
 
 
 def upscale_tiled(model, image: torch.Tensor, *, tile_size: int, tile_overlap: int) -> torch.Tensor:
@@ -122,21 +124,6 @@ def check_tiling(tile_size: int, tile_overlap: int) -> None:
             f"Cannot tile with tile size {tile_size} and overlap {tile_overlap}:"
             " the overlap must be at least 0 and smaller than the tile size"
         )
-
-
-def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
-
-
-def tensor_to_image(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) floats in [0, 1] -> RGB PIL image."""
-    pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(pixels, "RGB")
-
-
-def has_transparency(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
 
 
 def _summed_at_starts(weights: list[torch.Tensor], starts: list[int], length: int, scale: int) -> torch.Tensor:

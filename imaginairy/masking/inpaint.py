@@ -43,6 +43,7 @@ from PIL import Image
 from imaginairy.errors import EmptyMaskError
 from imaginairy.masking.outpaint import OutpaintAmounts, expand_canvas, frequency_matched_noise, parse_outpaint_spec
 from imaginairy.schema import MAX_SIDE, ImaginePrompt
+from imaginairy.utils.images import has_transparent_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +224,6 @@ def cover_box(size: tuple[int, int], width: int, height: int) -> tuple[int, int,
 
 def framed(image: Image.Image, box: tuple[int, int, int, int], width: int, height: int, resample) -> Image.Image:
     return image.resize((width, height), resample, box=box)
-
-
-def has_transparent_pixels(alpha: Image.Image | None) -> bool:
-    return alpha is not None and alpha.getextrema()[0] < 255
 
 
 def mask_image_from_array(values: np.ndarray) -> Image.Image:

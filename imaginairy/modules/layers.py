@@ -2,6 +2,7 @@
 and a linear layer whose CPU matrix product runs through oneDNN.
 """
 
+import functools
 import math
 
 import torch
@@ -16,6 +17,7 @@ def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=eps, affine=True)
 
 
+@functools.cache
 def onednn_runs_cpu_convolutions() -> bool:
     """True on x86 CPUs, where PyTorch's convolutions run through oneDNN's JIT kernels for the CPU's own ISA."""
     return torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
@@ -25,10 +27,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias); on x86 CPUs computed as a 1x1 convolution over a channels-last view of the tokens.
 
     PyTorch sends float32 CPU matrix products to MKL, which runs a slower code path on non-Intel CPUs (half of
-    oneDNN's speed on an AVX-512 AMD EPYC, measured with scripts/bench.py); convolutions go to oneDNN, which is fast on
-    both vendors and also beats the bf16 matmul path. The result is the same product, summed in a different order.
+    oneDNN's speed on an AVX-512 AMD EPYC: `scripts/bench.py --only kernels`); convolutions go to oneDNN, which is
+    fast on both vendors and also beats PyTorch's bf16 matmul path. The same product, summed in another order.
     """
-    if x.device.type != "cpu" or not onednn_runs_cpu_convolutions():
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or not onednn_runs_cpu_convolutions():
         return F.linear(x, weight, bias)
     out_features, in_features = weight.shape
     # [..., in] -> [1, in, tokens, 1] whose memory is the tokens' rows: a channels-last view, no copy.

@@ -121,6 +121,8 @@ def text_prompts(prompts) -> list[tuple[str, float]]:
 
 
 def image_inputs(prompts) -> ImageInputs:
+    from imaginairy.utils.images import alpha_channel, has_transparent_pixels
+
     inputs = ImageInputs()
     for prompt in prompts:
         if prompt.WhichOneof("prompt") != "artifact":
@@ -141,19 +143,11 @@ def image_inputs(prompts) -> ImageInputs:
         raise BadRequest("A mask was sent without an init image; send the image to inpaint as an ARTIFACT_IMAGE "
                          "prompt too.")
     if inputs.init_image is not None:
-        alpha = transparency_mask(inputs.init_image)
-        if inputs.mask_image is None:
-            inputs.mask_image = alpha
+        alpha = alpha_channel(inputs.init_image)
+        if inputs.mask_image is None and has_transparent_pixels(alpha):
+            inputs.mask_image = alpha  # outpainting: the transparent pixels are regenerated, opaque ones kept
         inputs.init_image = inputs.init_image.convert("RGB")
     return inputs
-
-
-def transparency_mask(img: Image.Image) -> Image.Image | None:
-    """For an init image with transparent pixels (outpainting), its alpha channel: opaque = keep; else None."""
-    if not img.has_transparency_data:
-        return None
-    alpha = img.convert("RGBA").getchannel("A")
-    return alpha if alpha.getextrema()[0] < 255 else None
 
 
 def decode_image(artifact: generation.Artifact, what: str) -> Image.Image:

@@ -29,6 +29,16 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return tensor_to_pils(image)[0]
 
 
+def alpha_channel(img: Image.Image) -> Image.Image | None:
+    """The image's alpha channel ("L" mode) if it carries transparency (an alpha band or a transparent palette
+    colour), else None."""
+    return img.convert("RGBA").getchannel("A") if img.has_transparency_data else None
+
+
+def has_transparent_pixels(alpha: Image.Image | None) -> bool:
+    return alpha is not None and alpha.getextrema()[0] < 255
+
+
 def resize_and_crop(img: Image.Image, width: int, height: int) -> Image.Image:
     """Scale `img` to cover width x height keeping its aspect ratio, then crop the centre to exactly that size."""
     scale = max(width / img.width, height / img.height)

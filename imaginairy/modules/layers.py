@@ -30,7 +30,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     oneDNN's speed on an AVX-512 AMD EPYC: `scripts/bench.py --only kernels`); convolutions go to oneDNN, which is
     fast on both vendors and also beats PyTorch's bf16 matmul path. The same product, summed in another order.
     """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or not onednn_runs_cpu_convolutions():
+    if (
+        torch.compiler.is_compiling()  # inductor lowers F.linear to its own (pre-packed) oneDNN kernels
+        or x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.bfloat16)
+        or not onednn_runs_cpu_convolutions()
+    ):
         return F.linear(x, weight, bias)
     out_features, in_features = weight.shape
     # [..., in] -> [1, in, tokens, 1] whose memory is the tokens' rows: a channels-last view, no copy.

@@ -78,3 +78,19 @@ def test_blockwise_bfloat16_attention_is_close_to_float64(heads, tokens, keys, d
 def test_float32_and_short_contexts_use_the_fused_kernel(dtype, keys):
     q, k, v = random_qkv(4, 300, keys, 40, dtype)
     assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_fast_paths_trace_without_graph_breaks_under_torch_compile():
+    """Under torch.compile the plain F.linear / scaled_dot_product_attention are traced (inductor lowers them to its
+    own kernels), so a user compiling the UNet gets one graph."""
+    import torch._dynamo
+
+    q, k, v = random_qkv(2, 300, 300, 16, torch.bfloat16)
+    weight = torch.randn(32, 32, dtype=torch.bfloat16)
+
+    def block(q, k, v, weight):
+        return linear(attention(q, k, v).transpose(1, 2).flatten(2), weight)
+
+    explanation = torch._dynamo.explain(block)(q, k, v, weight)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1

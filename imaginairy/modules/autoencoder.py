@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imaginairy.modules.attention import attention
+from imaginairy.modules.banded import norm_silu_conv, upsample_conv
 from imaginairy.modules.layers import TileableConv2d, group_norm, pad_for_tile_mode
 
 
@@ -32,8 +33,8 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        h = norm_silu_conv(self.norm1, self.conv1, x)
+        h = norm_silu_conv(self.norm2, self.conv2, h)
         return h.add_(self.nin_shortcut(x))
 
 
@@ -76,7 +77,7 @@ class Upsample(nn.Module):
         self.conv = TileableConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(self.conv, x)
 
 
 class MidBlock(nn.Module):
@@ -91,19 +92,28 @@ class MidBlock(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution level: `block` (ResnetBlocks), `attn` (AttnBlocks, often none), optional down/upsample."""
+    """One resolution level: `block` (ResnetBlocks), `attn` (AttnBlocks, often none), optional down/upsample.
+
+    The encoder and decoder run `layers()` one by one in their own loop rather than calling the level: a call would
+    keep the level's input alive in the caller until the whole level is done (a 268 MB map at 512x512 in float32).
+    """
 
     def __init__(self, blocks: list[nn.Module], attentions: list[nn.Module]):
         super().__init__()
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attentions)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def layers(self) -> list[nn.Module]:
+        """The level's layers in order: each ResnetBlock, followed by its AttnBlock if any, then the resampling."""
+        layers = []
         for index, block in enumerate(self.block):
-            x = block(x)
+            layers.append(block)
             if self.attn:
-                x = self.attn[index](x)
-        return x
+                layers.append(self.attn[index])
+        for resample in ("downsample", "upsample"):
+            if hasattr(self, resample):
+                layers.append(getattr(self, resample))
+        return layers
 
 
 class Encoder(nn.Module):
@@ -142,9 +152,8 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for down in self.down:
-            h = down(h)
-            if hasattr(down, "downsample"):
-                h = down.downsample(h)
+            for layer in down.layers():
+                h = layer(h)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
@@ -185,9 +194,8 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for up in reversed(self.up):
-            h = up(h)
-            if hasattr(up, "upsample"):
-                h = up.upsample(h)
+            for layer in up.layers():
+                h = layer(h)
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 

@@ -24,7 +24,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q k^T / sqrt(d)) v of [B, heads, tokens, d] tensors, like F.scaled_dot_product_attention.
 
     bf16 on the CPU with many keys is computed in blocks of plain matrix products and softmax instead: oneDNN's bf16
-    matrix products make that 1.6-2x faster than PyTorch's fused CPU kernel at Stable Diffusion's shapes (4096
+    matrix products make that 1.3-2.4x as fast as PyTorch's fused CPU kernel at Stable Diffusion's shapes (4096
     tokens x head size 40, 1024 x 80; `scripts/bench.py --only kernels`). Like diffusers' sliced attention, the
     scores are rounded to bf16 before the softmax (the fused kernel keeps them in float32): about 4x its rounding
     error, well inside what bf16 weights already cost.

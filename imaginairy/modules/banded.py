@@ -34,8 +34,10 @@ def conv_in_bands(
     batch, _, height, width = x.shape
     out_height, out_width = height * scale, width * scale
     band_rows = max(8, BAND_ELEMENTS // (x.shape[1] * out_width))
-    out = torch.empty(batch, conv.out_channels, out_height, out_width, dtype=x.dtype, device=x.device)
-    out = out.contiguous(memory_format=torch.channels_last)
+    out = torch.empty(
+        batch, conv.out_channels, out_height, out_width, dtype=x.dtype, device=x.device,
+        memory_format=torch.channels_last,
+    )  # fmt: skip
     for top in range(0, out_height, band_rows):
         bottom = min(top + band_rows, out_height)
         first, last = max(top - 1, 0), min(bottom + 1, out_height)  # the input rows this band of output reads

@@ -109,17 +109,19 @@ def diffusers_folders(checkpoint: Path) -> Path:
         return folder
     state_dict = load_state_dict(checkpoint)
     original_config = yaml.safe_load(checkpoint.with_suffix(".yaml").read_text())
-    unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, state_dict)
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**unet_config)
-    unet.load_state_dict(convert.convert_ldm_unet_checkpoint(state_dict, unet_config), assign=True)
-    unet.save_pretrained(folder / "unet")
-    del unet
-    vae_config = convert.create_vae_diffusers_config_from_ldm(original_config, state_dict)
-    with torch.device("meta"):
-        vae = AutoencoderKL(**vae_config)
-    vae.load_state_dict(convert.convert_ldm_vae_checkpoint(state_dict, vae_config), assign=True)
-    vae.save_pretrained(folder / "vae")
+    converters = {
+        "unet": (
+            UNet2DConditionModel, convert.create_unet_diffusers_config_from_ldm, convert.convert_ldm_unet_checkpoint
+        ),
+        "vae": (AutoencoderKL, convert.create_vae_diffusers_config_from_ldm, convert.convert_ldm_vae_checkpoint),
+    }
+    for name, (model_class, make_config, convert_weights) in converters.items():  # "vae" last: it marks "done"
+        config = make_config(original_config, state_dict)
+        with torch.device("meta"):
+            model = model_class(**config)
+        model.load_state_dict(convert_weights(state_dict, config), assign=True)
+        model.save_pretrained(folder / name)
+        del model
     return folder
 
 

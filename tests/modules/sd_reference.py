@@ -86,20 +86,28 @@ def real_model_params(config_name: str):
 def diffusers_unet_from_ours(unet: torch.nn.Module, unet_params: dict):
     """diffusers' UNet2DConditionModel holding our UNet's weights, converted by diffusers' own converter;
     returns (model, converted state dict)."""
-    checkpoint = {f"model.diffusion_model.{key}": value for key, value in unet.state_dict().items()}
-    config = create_unet_diffusers_config_from_ldm(ldm_config(unet_params, TINY_DDCONFIG), checkpoint)
-    converted = convert_ldm_unet_checkpoint(checkpoint, config)
-    reference = UNet2DConditionModel(**config)
-    reference.load_state_dict(converted, strict=True)
-    return reference.eval(), converted
+    return diffusers_model_from_ours(
+        unet, "model.diffusion_model.", ldm_config(unet_params, TINY_DDCONFIG), UNet2DConditionModel,
+        create_unet_diffusers_config_from_ldm, convert_ldm_unet_checkpoint,
+    )  # fmt: skip
+
 
 def diffusers_vae_from_ours(vae: torch.nn.Module, ddconfig: dict):
     """diffusers' AutoencoderKL holding our autoencoder's weights, converted by diffusers' own converter;
     returns (model, converted state dict)."""
-    checkpoint = {f"first_stage_model.{key}": value for key, value in vae.state_dict().items()}
-    config = create_vae_diffusers_config_from_ldm(ldm_config(TINY_UNET_SD1, ddconfig), checkpoint)
-    converted = convert_ldm_vae_checkpoint(checkpoint, config)
-    reference = DiffusersAutoencoderKL(**config)
+    return diffusers_model_from_ours(
+        vae, "first_stage_model.", ldm_config(TINY_UNET_SD1, ddconfig), DiffusersAutoencoderKL,
+        create_vae_diffusers_config_from_ldm, convert_ldm_vae_checkpoint,
+    )  # fmt: skip
+
+
+def diffusers_model_from_ours(module, prefix: str, original_config: dict, model_class, make_config, convert_weights):
+    """Our `module`'s weights under their CompVis checkpoint `prefix`, converted into a strict-loaded diffusers
+    `model_class` by diffusers' config and weight converters."""
+    checkpoint = {prefix + key: value for key, value in module.state_dict().items()}
+    config = make_config(original_config, checkpoint)
+    converted = convert_weights(checkpoint, config)
+    reference = model_class(**config)
     reference.load_state_dict(converted, strict=True)
     return reference.eval(), converted
 

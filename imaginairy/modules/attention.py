@@ -31,7 +31,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """
     batch, heads, tokens, dim = q.shape
     keys = k.shape[2]
-    if torch.compiler.is_compiling() or q.device.type != "cpu" or q.dtype != torch.bfloat16 or keys < BLOCKWISE_MIN_KEYS:
+    blockwise = q.device.type == "cpu" and q.dtype == torch.bfloat16 and keys >= BLOCKWISE_MIN_KEYS
+    if torch.compiler.is_compiling() or not blockwise:
         return F.scaled_dot_product_attention(q, k, v)
     out = q.new_empty(batch, tokens, heads, dim)
     heads_per_block = max(1, min(heads, BLOCK_SCORES // (BLOCK_QUERIES * keys)))

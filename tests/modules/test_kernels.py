@@ -58,7 +58,9 @@ def random_qkv(heads, tokens, keys, dim, dtype, seed=0):
 
 
 # Uneven sizes: a last query block shorter than 256 and head blocks that do not divide the head count.
-@pytest.mark.parametrize(("heads", "tokens", "keys", "dim"), [(5, 600, 600, 40), (8, 300, 1100, 24), (1, 257, 4096, 64)])
+@pytest.mark.parametrize(
+    ("heads", "tokens", "keys", "dim"), [(5, 600, 600, 40), (8, 300, 1100, 24), (1, 257, 4096, 64)]
+)
 def test_blockwise_bfloat16_attention_is_close_to_float64(heads, tokens, keys, dim, monkeypatch):
     q, k, v = random_qkv(heads, tokens, keys, dim, torch.bfloat16)
 

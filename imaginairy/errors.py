@@ -62,3 +62,7 @@ class EmptyMaskError(InvalidInputError):
 
 class DeviceOutOfMemoryError(ImaginAIryError):
     """The GPU ran out of memory; a smaller image, half precision or memory mode "low" needs less."""
+
+
+class EmbeddingError(InvalidInputError):
+    """A textual-inversion embedding file is missing, unreadable, of an unknown layout or does not fit the model."""

@@ -25,8 +25,9 @@ from imaginairy.masking.inpaint import (
 from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
 from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
+from imaginairy.prompts.conditioning import TextConditioning, encode_conditioning
 from imaginairy.samplers import NoiseSchedule, sample
-from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
+from imaginairy.schema import ImaginePrompt, ImagineResult
 from imaginairy.utils.images import pil_to_tensor, resize_and_crop, tensor_to_pil
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,7 @@ def generate_latent(
     set_tile_mode(model, prompt.tile_mode)
     with precision_context(prompt.precision, device):
         with submodel_on(model.cond_stage_model, device, offload):
-            cond = weighted_text_embedding(model, prompt.prompts)
-            uncond = weighted_text_embedding(model, prompt.negative_prompts)
+            text = text_conditioning(model, prompt)
         init_latent = conditioning = None
         with submodel_on(model.first_stage_model, device, offload):
             if init_image is not None:
@@ -158,8 +158,8 @@ def generate_latent(
                 schedule,
                 noise=noise,
                 steps=prompt.steps,
-                cond=cond,
-                uncond=uncond,
+                cond=text.cond,
+                uncond=text.uncond,
                 guidance_scale=prompt.prompt_strength,
                 prediction_type=settings.prediction_type,
                 init_latent=init_latent,
@@ -178,13 +178,16 @@ def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
-def weighted_text_embedding(model: LatentDiffusion, prompts: list[WeightedPrompt]) -> torch.Tensor:
-    """The weighted mean of the prompts' embeddings ([1, tokens, dim], float32); no prompts -> the empty prompt's."""
-    if not prompts:
-        prompts = [WeightedPrompt("")]
-    embeddings = model.encode_text([p.text for p in prompts]).float()
-    weights = torch.tensor([p.weight for p in prompts], dtype=torch.float32, device=embeddings.device)
-    return (embeddings * weights[:, None, None]).sum(dim=0, keepdim=True) / weights.sum()
+def text_conditioning(model: LatentDiffusion, prompt: ImaginePrompt) -> TextConditioning:
+    """Step 1: the prompt's cond and uncond (A1111 syntax, 75-token chunks, embeddings, clip skip: imaginairy.prompts)."""
+    return encode_conditioning(
+        model.cond_stage_model,
+        prompt.prompts,
+        prompt.negative_prompts,
+        syntax=prompt.prompt_syntax,
+        embedding_paths=prompt.embeddings,
+        clip_skip=prompt.clip_skip,
+    )
 
 
 def unet_function(model: LatentDiffusion):

@@ -14,7 +14,8 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any, Union
 
-from imaginairy.errors import ImageLoadError, InvalidInputError
+from imaginairy.errors import EmbeddingError, ImageLoadError, InvalidInputError
+from imaginairy.prompts.syntax import PROMPT_SYNTAXES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,6 +59,7 @@ MAX_PROMPT_STRENGTH = 100.0
 MIN_SIDE = 64
 MAX_SIDE = 4096
 SIZE_MULTIPLE = 8
+MAX_CLIP_SKIP = 12  # the layers of SD 1.x's CLIP ViT-L text encoder (A1111's slider goes as far)
 
 
 def _is_int(value: Any) -> bool:
@@ -287,6 +289,10 @@ class ImaginePrompt:
     upscale: bool = False
     caption: bool = False
     safety_mode: str | None = None
+    # text conditioning (imaginairy.prompts)
+    prompt_syntax: str = "a1111"
+    clip_skip: int = 1
+    embeddings: Any = ()  # textual-inversion files or folders; an embedding is used where its name is in a prompt
 
     def __post_init__(self):
         positive, negative_from_prompt = _split_by_sign(_weighted_prompts(self.prompt, "prompt"))
@@ -325,6 +331,9 @@ class ImaginePrompt:
         self.caption = _check_flag(self.caption, "caption")
         if self.safety_mode is not None:
             self.safety_mode = _check_choice(self.safety_mode, "safety_mode", SAFETY_MODES)
+        self.prompt_syntax = _check_choice(self.prompt_syntax, "prompt_syntax", PROMPT_SYNTAXES)
+        self.clip_skip = _check_clip_skip(self.clip_skip)
+        self.embeddings = _check_embedding_paths(self.embeddings)
 
     @property
     def prompts(self) -> list[WeightedPrompt]:
@@ -376,6 +385,9 @@ class ImaginePrompt:
             "upscale": self.upscale,
             "caption": self.caption,
             "safety_mode": self.safety_mode,
+            "prompt_syntax": self.prompt_syntax,
+            "clip_skip": self.clip_skip,
+            "embeddings": list(self.embeddings),
         }
 
 
@@ -466,6 +478,28 @@ def _check_ddim_eta(value: Any) -> float:
     if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise InvalidInputError(f"ddim_eta must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+def _check_clip_skip(value: Any) -> int:
+    if not _is_int(value) or not 1 <= value <= MAX_CLIP_SKIP:
+        raise InvalidInputError(
+            f"clip_skip must be a whole number from 1 (the last layer) to {MAX_CLIP_SKIP}, got {value!r}."
+        )
+    return int(value)
+
+
+def _check_embedding_paths(value: Any) -> tuple[str, ...]:
+    """Textual-inversion files or folders as a tuple of path strings; each must exist."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, (str, os.PathLike)) for item in items):
+        raise InvalidInputError(f"embeddings must be a path or a list of paths (files or folders), got {value!r}.")
+    paths = tuple(os.fspath(item) for item in items)
+    for path in paths:
+        if not os.path.exists(path):
+            raise EmbeddingError(f"Embedding path not found: {path} (give an embedding file or a folder of them).")
+    return paths
 
 
 def _check_model(value: Any) -> str:

@@ -11,6 +11,12 @@ loader finds the config the way it finds one next to any downloaded model:
     tiny-sd15-inpainting.safetensors, tiny-sd15-inpainting.yaml                 SD 1.x inpainting: 9 UNet inputs
     tiny-sd21-v.safetensors, tiny-sd21-v.yaml                                   SD 2.x: OpenCLIP, v prediction
 
+and textual-inversion embeddings for their 32-wide text encoders in embeddings/ (`make_tiny_embeddings`):
+
+    tinycat.pt              A1111 .pt: string_to_param {"*": [2, 32]} (two vectors)
+    tinystyle.safetensors   A1111 .safetensors: emb_params [3, 32]
+    tinyneg.bin             diffusers learned_embeds layout: {"<tinyneg>": [32]} (one vector)
+
 Every parameter is drawn from a seeded normal distribution (none left at the zero initialisation of output
 layers), so two implementations that agree on these weights agree on real ones. The files also carry what real
 checkpoints carry besides the networks: the noise-schedule buffers, EMA bookkeeping and, in the SD 1 files, the
@@ -110,6 +116,31 @@ def make_tiny_model(outdir: Path, name: str) -> Path:
     return weights_path
 
 
+TINY_EMBEDDINGS = {"tinycat.pt": 2, "tinystyle.safetensors": 3, "tinyneg.bin": 1}  # file -> vectors
+
+
+def make_tiny_embeddings(outdir: str | Path, width: int = TINY_CLIP["hidden_size"], seed: int = 7) -> dict[str, Path]:
+    """Textual-inversion embeddings in the three layouts in circulation, with seeded vectors at the scale of the
+    tiny text encoders' token table (trigger name -> path)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    paths = {}
+    for file_name, count in TINY_EMBEDDINGS.items():
+        vectors = torch.randn(count, width, generator=generator) / math.sqrt(width)
+        path = outdir / file_name
+        name = path.stem
+        if path.suffix == ".pt":
+            torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": name,
+                        "step": 100, "sd_checkpoint": None, "sd_checkpoint_name": None}, path)
+        elif path.suffix == ".safetensors":
+            save_state_dict({"emb_params": vectors}, path)
+        else:
+            torch.save({f"<{name}>": vectors[0]}, path)
+        paths[name] = path
+    return paths
+
+
 def make_tiny_models(outdir: str | Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -120,4 +151,6 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     for path in make_tiny_models(sys.argv[1]).values():
+        print(path)
+    for path in make_tiny_embeddings(Path(sys.argv[1]) / "embeddings").values():
         print(path)

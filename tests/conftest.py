@@ -53,6 +53,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_embeddings(tmp_path_factory) -> dict[str, Path]:
+    """Textual-inversion embeddings for the tiny models' text encoders (trigger name -> file), from
+    scripts/make_tiny_models.py: tinycat.pt (A1111, 2 vectors), tinystyle.safetensors (A1111, 3), tinyneg.bin
+    (diffusers, 1)."""
+    from make_tiny_models import make_tiny_embeddings
+
+    return make_tiny_embeddings(tmp_path_factory.mktemp("tiny-embeddings"))
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """A static file server on 127.0.0.1 serving `tmp_path/www`; yields (base_url, directory)."""

@@ -106,6 +106,8 @@ def _merged_chunks(pieces: list) -> list[list[Span]]:
     for piece in pieces:
         if isinstance(piece, _Break):
             chunks.append([])
+        elif not piece[0]:  # only next to a BREAK, so dropping it joins no spans that A1111 keeps apart
+            continue
         elif chunks[-1] and chunks[-1][-1].weight == piece[1]:
             chunks[-1][-1] = Span(chunks[-1][-1].text + piece[0], piece[1])
         else:

@@ -38,7 +38,7 @@ def clip_tokenizer(folder: Path) -> CLIPTokenizer:
     merges_file = folder / "merges.txt"
     vocab_file.write_text(json.dumps({token: index for index, token in enumerate(tokens)}), encoding="utf-8")
     merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file))
+    return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
 
 
 def load_flattened_clip_text_model(model: CLIPTextModel, converted: dict) -> CLIPTextModel:

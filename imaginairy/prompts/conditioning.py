@@ -82,7 +82,7 @@ def encode_conditioning(
         chunk_lists = [prompt_chunks(literal_prompt(text), triggers, wrap_tokens=0, max_chunks=1) for text in texts]
     empty_chunk = prompt_chunks([[Span("", 1.0)]])[0]
     all_chunks = [chunk for chunks in chunk_lists for chunk in chunks] + [empty_chunk]
-    encoded = list(encode_chunks(text_encoder, all_chunks, clip_skip).split(1))
+    encoded = list(encode_chunks(text_encoder, all_chunks, clip_skip).float().split(1))
     empty = encoded.pop()
     chunk_count = max(len(chunks) for chunks in chunk_lists)
     conditionings = []
@@ -96,8 +96,8 @@ def encode_conditioning(
 
 
 def encode_chunks(text_encoder: nn.Module, chunks: list[Chunk], clip_skip: int = 1) -> torch.Tensor:
-    """Hidden states of each chunk [len(chunks), 77, dim] (float32): embeddings' vectors in place of their
-    placeholder tokens, emphasis applied with A1111's mean restoration, chunk by chunk."""
+    """Hidden states of each chunk [len(chunks), 77, dim] (float32, or float64 from a float64 encoder): embeddings'
+    vectors in place of their placeholder tokens, emphasis applied with A1111's mean restoration, chunk by chunk."""
     table = text_encoder.token_embedding
     device = table.weight.device
     token_ids = torch.tensor([_padded(chunk.tokens, text_encoder.pad_token) for chunk in chunks], device=device)
@@ -106,8 +106,9 @@ def encode_chunks(text_encoder: nn.Module, chunks: list[Chunk], clip_skip: int =
         for offset, embedding in chunk.embeddings:
             vectors = embedding.vectors.to(device=device, dtype=token_vectors.dtype)
             token_vectors[row, offset : offset + len(vectors)] = vectors
-    hidden = text_encoder.encode_token_embeddings(token_vectors, clip_skip=clip_skip).float()
-    weights = torch.tensor([chunk.weights for chunk in chunks], dtype=torch.float32, device=hidden.device)
+    hidden = text_encoder.encode_token_embeddings(token_vectors, clip_skip=clip_skip)
+    hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
+    weights = torch.tensor([chunk.weights for chunk in chunks], dtype=hidden.dtype, device=hidden.device)
     original_mean = hidden.mean(dim=(1, 2), keepdim=True)
     weighted = hidden * weights[:, :, None]
     return weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))

@@ -115,15 +115,29 @@ def _read_embedding_file(path: Path) -> dict:
         with torch.serialization.safe_globals([torch.nn.ParameterDict]):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(e)
+        if "allowed global" in reason:
+            raise EmbeddingError(
+                f"Refused embedding {path}: it holds Python objects besides tensors, which could run code when loaded "
+                f"({reason}). Use a .safetensors embedding or one saved as plain tensors."
+            ) from e
         raise EmbeddingError(
-            f"Refused embedding {path}: it holds Python objects besides tensors, which could run code when loaded "
-            f"({first_line(e)}). Use a .safetensors embedding or one saved as plain tensors."
+            f"Cannot read embedding {path}: not a torch tensor file ({reason}; weights-only loading stopped there, "
+            "nothing in it was run)."
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise EmbeddingError(f"Cannot read embedding {path} (corrupt or not a torch file?): {first_line(e)}") from e
     if not isinstance(state, dict):
         raise EmbeddingError(f"Embedding {path} holds a {type(state).__name__}, not an embedding dictionary.")
     return state
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only error that says what it refused ("GLOBAL io.open was not an allowed global
+    ...", "Unsupported operand 110"), without its advice to load the file unsafely."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    return next((line for line in lines if "allowed global" in line or line.startswith("Unsupported")),
+                first_line(error)).split(". Please use")[0]
 
 
 def _embedding_vectors(state: dict, path: Path) -> torch.Tensor:

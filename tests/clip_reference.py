@@ -50,6 +50,9 @@ def load_flattened_clip_text_model(model: CLIPTextModel, converted: dict) -> CLI
 
 
 def reference_clip_text_model(checkpoint: dict, **config) -> CLIPTextModel:
-    """A CLIPTextModel (SDPA attention) with the `cond_stage_model.*` weights of a CompVis SD 1.x checkpoint."""
+    """A CLIPTextModel (SDPA attention) with the `cond_stage_model.*` weights of a CompVis SD 1.x checkpoint (the
+    legacy `position_ids` buffer some checkpoints carry is not a transformers 5 parameter and is left out)."""
     model = CLIPTextModel(CLIPTextConfig(**config, hidden_act="quick_gelu", attn_implementation="sdpa"))
-    return load_flattened_clip_text_model(model, convert_ldm_clip_checkpoint(checkpoint))
+    converted = convert_ldm_clip_checkpoint(checkpoint)
+    converted = {key: value for key, value in converted.items() if not key.endswith("embeddings.position_ids")}
+    return load_flattened_clip_text_model(model, converted)

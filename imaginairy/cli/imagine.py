@@ -12,8 +12,10 @@ from imaginairy.schema import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MODEL,
     MASK_MODES,
+    MAX_CLIP_SKIP,
     MEMORY_MODES,
     PRECISIONS,
+    PROMPT_SYNTAXES,
     SAFETY_MODES,
     SAMPLER_TYPES,
     ImaginePrompt,
@@ -26,6 +28,15 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.command(context_settings={"help_option_names": ["--help"]})
 @click.argument("prompt_texts", nargs=-1, metavar="PROMPT...")
 @click.option("--negative-prompt", help="What the image should not show.")
+@click.option("--prompt-syntax", type=click.Choice(PROMPT_SYNTAXES), default=DEFAULTS["prompt_syntax"],
+              show_default=True, help="a1111: (emphasis:1.2), [less], BREAK and prompts of any length; "
+              "plain: the text as typed, in one 75-token window.")
+@click.option("--clip-skip", type=click.IntRange(1, MAX_CLIP_SKIP), default=DEFAULTS["clip_skip"], show_default=True,
+              help="Stop the text encoder this many layers from the end, counted as in A1111 (1 = the last "
+              "layer, 2 = the penultimate); SD 1.x models.")
+@click.option("--embeddings", "embeddings", multiple=True, type=click.Path(exists=True),
+              help="A textual-inversion file or a folder of them; each is used where its file name appears in a "
+              "prompt, e.g. easynegative in --negative-prompt. Repeatable.")
 @click.option("--prompt-strength", type=float, default=DEFAULTS["prompt_strength"], show_default=True,
               help="How closely to follow the prompt (classifier-free guidance scale).")
 @click.option("--init-image", help="Start from this image (a path or an http(s) URL) instead of pure noise.")
@@ -78,7 +89,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
-def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, mask_prompt,
+def imagine_cmd(prompt_texts, negative_prompt, prompt_syntax, clip_skip, embeddings, prompt_strength, init_image, init_image_strength, mask_prompt,
                 mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
                 height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
                 memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
@@ -96,6 +107,9 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
             ImaginePrompt(
                 text,
                 negative_prompt=negative_prompt,
+                prompt_syntax=prompt_syntax,
+                clip_skip=clip_skip,
+                embeddings=embeddings,
                 prompt_strength=prompt_strength,
                 init_image=init_image,
                 init_image_strength=init_image_strength,

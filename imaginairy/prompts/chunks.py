@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-
 from typing import TYPE_CHECKING
 
 from imaginairy.errors import EmbeddingError

@@ -140,7 +140,8 @@ class CLIPTextEncoder(nn.Module):
         else:
             layers_run = len(layers) - (clip_skip - 1)
         x = text_model.embeddings(inputs_embeds=token_embeddings)
-        mask = causal_attention_mask(x.shape[1], x.dtype, x.device)[None, None]
+        length = x.shape[1]  # causal: a token attends to itself and earlier ones (boolean, so any autocast dtype)
+        mask = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()[None, None]
         for layer in layers[:layers_run]:
             x = layer(x, mask)
         return x if self.layer == "hidden" else text_model.final_layer_norm(x)

@@ -1,2 +1,1 @@
-"""Prompt text -> text-encoder conditioning: AUTOMATIC1111 prompt syntax, 75-token chunks, textual-inversion
-embeddings and clip skip (`syntax.py`, `chunks.py`, `embeddings.py`, `conditioning.py`)."""
+"""Prompt text -> text-encoder conditioning, read the way AUTOMATIC1111 reads it."""

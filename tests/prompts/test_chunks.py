@@ -4,6 +4,8 @@
 import logging
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imaginairy.modules.tokenizer import END_OF_TEXT, START_OF_TEXT
 from imaginairy.prompts.chunks import EmbeddingTriggers, prompt_chunks
@@ -105,3 +107,13 @@ def test_plain_syntax_keeps_one_window_and_warns(caplog):
         chunks = prompt_chunks(literal_prompt(" ".join(["cat"] * 80) + ", dog"), wrap_tokens=0, max_chunks=1)
     assert [chunk.tokens for chunk in chunks] == [framed([CAT] * 75)]
     assert "dropped the last 7 tokens" in caplog.text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([*"ab ,:()[]\\1.", "cat ", " BREAK ", "tinystyle"]), max_size=300).map("".join))
+def test_any_prompt_gives_whole_chunks(text):
+    chunks = chunks_of(text, triggers=EmbeddingTriggers([embedding("tinystyle", 3)]))
+    for chunk in chunks:
+        assert len(chunk.tokens) == len(chunk.weights) == 77
+        assert chunk.tokens[0] == START_OF_TEXT and chunk.tokens[chunk.prompt_tokens + 1] == END_OF_TEXT
+        assert all(1 <= offset and offset + 3 <= chunk.prompt_tokens + 1 for offset, _ in chunk.embeddings)

@@ -61,7 +61,7 @@ class EmbeddingTriggers:
         for candidates in self.by_first_token.values():
             candidates.sort(key=lambda candidate: len(candidate[0]), reverse=True)
 
-    def match(self, tokens: list[int], position: int):
+    def match(self, tokens: list[int], position: int) -> tuple[Embedding | None, int]:
         """(embedding, number of prompt tokens its name takes) at `position`, or (None, 0)."""
         for ids, embedding in self.by_first_token.get(tokens[position], ()):
             if tokens[position : position + len(ids)] == ids:

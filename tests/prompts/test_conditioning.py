@@ -164,6 +164,21 @@ def test_sd2_chunks_pad_with_zero_after_end_of_text():
     torch.testing.assert_close(encode(encoder, "a photo of a cat").cond, old, rtol=0, atol=1e-6)
 
 
+def test_sd2_long_prompt_chunks_pad_each_chunk_with_zero():
+    """A1111's SD 2.x rule, per chunk: the padding after the first end-of-text is id 0 (OpenCLIP's), not
+    end-of-text. The expected chunks are encoded by the encoder's id path, checked against diffusers elsewhere."""
+    encoder = randomized(OpenCLIPTextEncoder(width=32, layers=2, heads=4, output_dim=32))
+    cat = 2368
+    ids = torch.tensor([
+        [START_OF_TEXT, *[cat] * 75, END_OF_TEXT],
+        [START_OF_TEXT, *[cat] * 5, END_OF_TEXT, *[0] * 70],
+    ])
+    with torch.inference_mode():
+        expected = encoder.encode_tokens(ids).float()
+    cond = encode(encoder, " ".join(["cat"] * 80)).cond
+    torch.testing.assert_close(cond, torch.cat([expected[:1], expected[1:]], dim=1), rtol=0, atol=1e-6)
+
+
 def diffusers_text_pipeline(reference, tokenizer):
     """StableDiffusionPipeline with only the text side, for encode_prompt. diffusers 0.42's clip_skip still reads
     `text_encoder.text_model.final_layer_norm`, which transformers 5 flattened away: an unregistered alias restores

@@ -12,9 +12,6 @@ from imaginairy.schema import ImaginePrompt, ImagineResult
 
 logger = logging.getLogger(__name__)
 
-PRECISION_DTYPES = {"full": "float32", "autocast": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 def imagine(
     prompts: ImaginePrompt | str | Iterable[ImaginePrompt | str],
     *,
@@ -31,6 +28,7 @@ def imagine(
     import torch
 
     from imaginairy.models.cache import shared_model_cache
+    from imaginairy.models.runtime import load_model, resolve_runtime_settings
     from imaginairy.pipeline import generate, resolve_size
     from imaginairy.utils.devices import as_device, default_device
 
@@ -119,41 +117,6 @@ def prompt_summary(prompt: ImaginePrompt) -> str:
         f'"{text}" {size} seed:{prompt.seed} prompt-strength:{prompt.prompt_strength} '
         f"steps:{prompt.steps} sampler-type:{prompt.sampler_type}"
     )
-
-
-def resolve_runtime_settings(prompt: ImaginePrompt, device) -> ImaginePrompt:
-    """The prompt with precision "auto" made concrete for `device`; with memory modes "mid" and "low", "auto" is
-    half precision on a GPU (fp16 where bf16 is not supported)."""
-    import dataclasses
-
-    import torch
-
-    from imaginairy.utils.devices import resolve_precision
-
-    precision = resolve_precision(prompt.precision, device)
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu and prompt.memory_mode != "high" and prompt.precision == "auto" and precision == "full":
-        precision = "fp16"
-    return dataclasses.replace(prompt, precision=precision) if precision != prompt.precision else prompt
-
-
-def load_model(prompt: ImaginePrompt, device, cache):
-    """The prompt's model from the cache (loaded on a miss); memory mode "low" keeps it on the CPU, the pipeline
-    moving each submodel to `device` while it runs."""
-    import torch
-
-    from imaginairy.models.loading import load_diffusion_model
-    from imaginairy.models.registry import resolve_model
-    from imaginairy.models.weights import resolve_weights
-
-    spec = resolve_model(prompt.model, prompt.model_config)
-    dtype = getattr(torch, PRECISION_DTYPES[resolve_runtime_settings(prompt, device).precision])
-    if prompt.memory_mode == "low":
-        device = "cpu"
-    key = (spec.weights, str(spec.config_path), str(device), dtype)
-    # the weights file's size bounds the loaded model's (a float32 file loaded in 16 bits takes half)
-    expected_bytes = resolve_weights(spec.weights).stat().st_size
-    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype), expected_bytes)
 
 
 class ProgressBar:

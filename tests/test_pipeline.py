@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from imaginairy import ImaginePrompt, WeightedPrompt, imagine, pipeline
-from imaginairy.api import load_model
 from imaginairy.errors import GenerationCancelled
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_img2img_keeps_more_of_the_init_the_higher_the_strength(tiny_models, cac
     def distance_from_init(strength, **kwargs):
         prompt = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=8, seed=1, sampler_type=sampler_type,
                                init_image=str(init_image), init_image_strength=strength, width=64, height=64)
-        latent = pipeline.generate_latent(prompt, model, image, **kwargs)
+        latent = pipeline.generate_latent(prompt, model, **kwargs)  # the prompt's init image, scaled to 64x64
         return (latent - init_latent).abs().mean().item()
 
     steps_seen = []

@@ -116,7 +116,7 @@ def _load_caption_model(folder: Path, device: str) -> CaptionModel:
 def _as_rgb_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     from PIL import Image
 
-    from imaginairy.schema import LazyLoadingImage
+    from imaginairy.utils.images import LazyLoadingImage
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")

@@ -50,7 +50,8 @@ SAMPLERS = (
 SAMPLER_TYPES = tuple(sampler.name for sampler in SAMPLERS)
 SAMPLERS_BY_NAME = {sampler.name: sampler for sampler in SAMPLERS}
 A1111_SAMPLER_NAMES = {sampler.name: sampler.display_name for sampler in SAMPLERS}
-# The schedule suffixes of A1111's combined names ("DPM++ 2M Karras", "DPM++ 3M SDE Exponential").
+# A1111's "Schedule type" names, and the suffixes of its combined names ("DPM++ 2M Karras").
+A1111_SCHEDULE_NAMES = {"uniform": "Uniform", "karras": "Karras", "exponential": "Exponential", "simple": "Simple"}
 A1111_SCHEDULE_SUFFIXES = {"karras": "Karras", "exponential": "Exponential"}
 
 

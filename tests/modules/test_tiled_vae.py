@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 from imaginairy.modules.tiling import apply_in_tiles, blend_ramp, decode_in_tiles, encode_in_tiles, tile_starts
 from imaginairy.schema import ImaginePrompt
 

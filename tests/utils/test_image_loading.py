@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from imaginairy.errors import ImageDownloadError, ImageLoadError, InvalidInputError
-from imaginairy.schema import LazyLoadingImage
+from imaginairy.utils.images import LazyLoadingImage
 
 
 @pytest.fixture

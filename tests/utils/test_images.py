@@ -7,7 +7,7 @@ from PIL import Image
 
 @pytest.mark.parametrize("bits", [16, 32])
 def test_16_and_32_bit_grey_images_keep_their_levels(tmp_path, bits):
-    from imaginairy.schema import LazyLoadingImage
+    from imaginairy.utils.images import LazyLoadingImage
 
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64)
     img = Image.fromarray(ramp.astype(np.uint16)) if bits == 16 else Image.fromarray(ramp.astype(np.int32), mode="I")
@@ -20,7 +20,7 @@ def test_16_and_32_bit_grey_images_keep_their_levels(tmp_path, bits):
 
 
 def test_float_images_are_scaled_to_8_bits():
-    from imaginairy.schema import eight_bit
+    from imaginairy.utils.images import eight_bit
 
     img = Image.fromarray(np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10), mode="F")
     levels = np.asarray(eight_bit(img))

@@ -241,3 +241,17 @@ def test_unknown_device_name_is_a_usage_error(tiny_models, monkeypatch):
         next(imagine(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1)))
     with pytest.raises(InvalidInputError, match="device='gpu'"):
         next(imagine(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1), device="gpu"))
+
+
+def test_the_prompts_schedule_reaches_the_sampler(tiny_models, cache):
+    """The schedule changes the latent, and an A1111 name gives the latent of the sampler and schedule it names."""
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
+
+    def latent(**settings):
+        prompt = ImaginePrompt("a hill", model=str(tiny_models["tiny-sd15"]), steps=4, seed=6, precision="full",
+                               **settings)
+        return pipeline.generate_latent(pipeline.resolve_size(prompt, model), model)
+
+    karras = latent(sampler_type="k_dpmpp_2m", schedule="karras")
+    assert torch.equal(latent(sampler_type="DPM++ 2M Karras"), karras)
+    assert not torch.allclose(karras, latent(sampler_type="k_dpmpp_2m"), atol=1e-3)

@@ -19,6 +19,7 @@ from imaginairy.modules.layers import set_tile_mode
 from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
 from imaginairy.samplers import Conditioning, NoiseSchedule, sample
 from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
+from imaginairy.settings import Settings
 from imaginairy.utils.images import pil_to_tensor, tensor_to_pil
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,15 @@ def generate(
     cancel_event: threading.Event | None = None,
     device: torch.device | None = None,
     metadata: dict | None = None,
+    settings: Settings | None = None,
 ) -> ImagineResult:
     """`device` is where the networks run; by default the model's. With memory mode "low" the model waits on the CPU
     and each submodel (text encoder, UNet, VAE) is moved to `device` only while it runs. `metadata` (the
-    settings to embed in saved files) is built from the prompt when not given."""
+    settings to embed in saved files) is built from the prompt when not given; `settings` (safety mode, model
+    folders) are read from the environment when not given."""
+    settings = settings if settings is not None else Settings.from_environment()
     device = torch.device(device) if device is not None else model_device(model)
-    edit = prepare_edit(prompt, model.settings.default_size, device)
+    edit = prepare_edit(prompt, model.settings.default_size, device, settings.clipseg_model)
     prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
     if edit.init_image is not None and prompt.init_image_strength >= 1:
         logger.info("init image strength is 1: the init image is returned unchanged")
@@ -54,7 +58,7 @@ def generate(
     latent = generate_latent(prompt, model, edit, progress_callback=progress_callback, cancel_event=cancel_event,
                              device=device)
     decoded = edit.composite(decode(prompt, model, latent, device))
-    images, notes = postprocess(decoded, prompt, latent.device)
+    images, notes = postprocess(decoded, prompt, latent.device, settings)
     result = result_of(prompt, images, metadata)
     result.metadata.update(notes)
     result.images.update(edit.finish(result.img))
@@ -167,14 +171,18 @@ def decode(prompt: ImaginePrompt, model: LatentDiffusion, latent: torch.Tensor, 
     return tensor_to_pil(pixels.float())
 
 
-def postprocess(image: Image.Image, prompt: ImaginePrompt, device: torch.device) -> tuple[dict, dict]:
+def postprocess(
+    image: Image.Image, prompt: ImaginePrompt, device: torch.device, settings: Settings
+) -> tuple[dict, dict]:
     """Step 5: safety check, then face fixing and upscaling when asked for. Returns (images by kind, metadata notes).
 
     The safety check comes first so that, in `filter` mode, a flagged image is blurred before anything else sees it.
     """
-    from imaginairy.enhancers.safety import apply_safety_mode
+    from imaginairy.enhancers.safety import apply_safety_mode, resolve_safety_mode
 
-    (image,), (safety,) = apply_safety_mode([image], prompt.safety_mode, device=device)
+    safety_mode = resolve_safety_mode(prompt.safety_mode, settings)
+    (image,), (safety,) = apply_safety_mode([image], safety_mode, model_location=settings.safety_checker_model,
+                                            device=device)
     images = {"generated": image}
     notes = {"safety": safety.to_metadata()}
     if prompt.fix_faces:
@@ -188,7 +196,7 @@ def postprocess(image: Image.Image, prompt: ImaginePrompt, device: torch.device)
     if prompt.caption:
         from imaginairy.enhancers.describe import generate_caption
 
-        notes["caption"] = generate_caption(image, device=device)
+        notes["caption"] = generate_caption(image, model_location=settings.blip_model, device=device)
         logger.info("    caption: %s", notes["caption"])
     return images, notes
 

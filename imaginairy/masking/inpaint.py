@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,11 +47,11 @@ from imaginairy.errors import EmptyMaskError
 from imaginairy.masking.outpaint import OutpaintAmounts, expand_canvas, frequency_matched_noise, parse_outpaint_spec
 from imaginairy.modules.autoencoder import LATENT_SCALE
 from imaginairy.schema import MAX_SIDE, ImaginePrompt
+from imaginairy.settings import CLIPSEG_MODEL_ENV, Settings  # noqa: F401 (CLIPSEG_MODEL_ENV: named in the docstring)
 from imaginairy.utils.images import has_transparent_pixels, pil_to_tensor, resize_and_crop
 
 logger = logging.getLogger(__name__)
 
-CLIPSEG_MODEL_ENV = "IMAGINAIRY_CLIPSEG_MODEL"
 OUTPAINT_SIZE_MULTIPLE = LATENT_SCALE  # one latent pixel
 MASK_IMAGE_THRESHOLD = 128
 SOFT_EDGE_FRACTION = 0.01
@@ -139,24 +138,27 @@ def is_edit(prompt: ImaginePrompt) -> bool:
     return has_transparent_pixels(prompt.init_image.alpha)
 
 
-def prepare_edit(prompt: ImaginePrompt, default_size: int, device: torch.device | str = "cpu") -> Edit:
+def prepare_edit(
+    prompt: ImaginePrompt, default_size: int, device: torch.device | str = "cpu", clipseg_model: str | None = None
+) -> Edit:
     """The Edit of a prompt; EmptyMaskError when a mask or outpaint spec would regenerate nothing. Without masks the
     size is the prompt's or `default_size`, and the init image (at a strength above 0) is scaled to cover it and
-    centre-cropped."""
+    centre-cropped. `clipseg_model` is where the CLIPSeg weights for a mask prompt are (the settings'; read from
+    the environment when not given)."""
     if not is_edit(prompt):
         width, height = prompt.width or default_size, prompt.height or default_size
         init_image = None
         if prompt.init_image is not None and prompt.init_image_strength > 0:
             init_image = resize_and_crop(prompt.init_image.as_pil(), width, height)
         return Edit(width, height, init_image)
-    masked = masked_canvas(prompt, default_size, device)
+    masked = masked_canvas(prompt, default_size, device, clipseg_model or Settings.from_environment().clipseg_model)
     return Edit(masked.frame_image.width, masked.frame_image.height, masked.init_image, masked)
 
 
-def masked_canvas(prompt: ImaginePrompt, default_size: int, device: torch.device | str) -> MaskedCanvas:
+def masked_canvas(prompt: ImaginePrompt, default_size: int, device: torch.device | str, clipseg_model: str) -> MaskedCanvas:
     """The MaskedCanvas a prompt (with `is_edit(prompt)`) describes."""
     original = prompt.init_image.as_pil()
-    described = described_mask(prompt, original, device)
+    described = described_mask(prompt, original, device, clipseg_model)
     grayscale, regenerate = regenerated_area(described, prompt.mask_mode, original.size)
     amounts = parse_outpaint_spec(prompt.outpaint) if prompt.outpaint else OutpaintAmounts()
     canvas, regenerate, grayscale = outpainted(original, regenerate, grayscale, amounts)
@@ -191,12 +193,12 @@ def masked_canvas(prompt: ImaginePrompt, default_size: int, device: torch.device
     )
 
 
-def described_mask(prompt: ImaginePrompt, original: Image.Image, device) -> DescribedMask | None:
+def described_mask(prompt: ImaginePrompt, original: Image.Image, device, clipseg_model: str) -> DescribedMask | None:
     """The mask the prompt describes on `original` (see the module docstring), or None for a pure outpaint."""
     if prompt.mask_prompt:
         from imaginairy.masking.clipseg import load_clipseg, mask_from_expression
 
-        clipseg = load_clipseg(clipseg_location(), device=device)
+        clipseg = load_clipseg(clipseg_model, device=device)
         grayscale, binary = mask_from_expression(original, prompt.mask_prompt, clipseg)
         described = DescribedMask(grayscale.cpu().numpy(), binary.cpu().numpy(), f"mask prompt {prompt.mask_prompt!r}")
         return checked_not_empty(described, "matched nothing in the init image; describe something it shows")
@@ -287,12 +289,6 @@ def mask_image_from_array(values: np.ndarray) -> Image.Image:
 def mask_tensor(mask: Image.Image) -> torch.Tensor:
     """An "L" mask as a float32 tensor [1, 1, H, W] in [0, 1]."""
     return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)[None, None]
-
-
-def clipseg_location() -> str:
-    from imaginairy.masking.clipseg import DEFAULT_CLIPSEG_LOCATION
-
-    return os.environ.get(CLIPSEG_MODEL_ENV) or DEFAULT_CLIPSEG_LOCATION
 
 
 def latent_mask(edit: MaskedCanvas) -> torch.Tensor:

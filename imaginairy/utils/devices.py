@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from imaginairy.errors import InvalidInputError
 
 
-def default_device() -> torch.device:
-    """`IMAGINAIRY_DEVICE` if set, else the best accelerator present, else the CPU."""
-    if requested := os.environ.get("IMAGINAIRY_DEVICE"):
-        return as_device(requested, source="IMAGINAIRY_DEVICE")
+def default_device(requested: str | None = None) -> torch.device:
+    """`requested` (the settings' IMAGINAIRY_DEVICE; read from the environment when not given) if set, else the best
+    accelerator present, else the CPU."""
+    from imaginairy.settings import DEVICE_ENV, Settings
+
+    requested = requested if requested is not None else Settings.from_environment().device
+    if requested:
+        return as_device(requested, source=DEVICE_ENV)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

@@ -46,5 +46,6 @@ def test_a_model_without_a_config_beside_it_is_loaded_with_the_inferred_one(tiny
     shutil.copy(tiny_models["tiny-sd15-inpainting"], weights)
     spec = resolve_model(str(weights))
     assert spec.config_path is None
-    with pytest.raises(ModelLoadError, match=r"lonely\.safetensors does not fit the architecture in sd-v1-inpainting\.yaml"):
+    fits_not = r"lonely\.safetensors does not fit the architecture in sd-v1-inpainting\.yaml"
+    with pytest.raises(ModelLoadError, match=fits_not):
         load_diffusion_model(spec)

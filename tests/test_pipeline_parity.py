@@ -20,8 +20,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers_reference import diffusers_pipeline, scheduler_and_call
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 
@@ -32,8 +32,7 @@ def our_run(weights_path, sampler_type, steps, width=None, height=None):
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     prompt = pipeline.resolve_size(prompt, model)
     with torch.inference_mode():
-        text = pipeline.text_conditioning(model, prompt)
-        cond, uncond = text.cond, text.uncond
+        cond, uncond = (side.context for side in pipeline.text_conditioning(prompt, model, "cpu"))
         latent = pipeline.generate_latent(prompt, model)
         image = (model.decode_latent(latent) / 2 + 0.5).clamp(0, 1)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), prompt.width, prompt.height)

@@ -89,7 +89,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
-def imagine_cmd(prompt_texts, negative_prompt, prompt_syntax, clip_skip, embeddings, prompt_strength, init_image, init_image_strength, mask_prompt,
+def imagine_cmd(prompt_texts, negative_prompt, prompt_syntax, clip_skip, embeddings,
+                prompt_strength, init_image, init_image_strength, mask_prompt,
                 mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
                 height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
                 memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):

@@ -28,9 +28,9 @@ from diffusers_reference import diffusers_pipeline, scheduler_and_call
 from PIL import Image
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.masking.inpaint import prepare_edit
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 from imaginairy.utils.images import pil_to_tensor
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
@@ -58,9 +58,8 @@ def test_inpainting_model_matches_diffusers(tiny_models, sampler_type):
     edit = prepare_edit(prompt, model.settings.default_size)
     prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
     with torch.inference_mode():
-        text = pipeline.text_conditioning(model, prompt)
-        cond, uncond = text.cond, text.uncond
-        latent = pipeline.generate_latent(prompt, model, edit.init_image, edit=edit)
+        cond, uncond = (side.context for side in pipeline.text_conditioning(prompt, model, "cpu"))
+        latent = pipeline.generate_latent(prompt, model, edit)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), SIZE, SIZE)
 
     scheduler, call = scheduler_and_call(sampler_type, STEPS)

@@ -15,8 +15,8 @@ from diffusers_reference import diffusers_pipeline, scheduler_and_call
 from make_tiny_models import TINY_CLIP
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 from imaginairy.models.weights import load_state_dict
 
 STEPS = 5

@@ -388,6 +388,10 @@ def _weighted_prompts(value: PromptInput, field: str) -> list[WeightedPrompt]:
         if isinstance(item, str):
             item = WeightedPrompt(item)
         elif isinstance(item, dict):
+            if not {"text"} <= item.keys() <= {"text", "weight"}:
+                raise InvalidInputError(
+                    f"{field} as a dict must have the keys 'text' and optionally 'weight'; got {sorted(map(str, item))}."
+                )
             item = WeightedPrompt(**item)
         elif not isinstance(item, WeightedPrompt):
             raise InvalidInputError(
@@ -526,6 +530,9 @@ def _as_lazy_image(value: Any, field: str = "init_image") -> LazyLoadingImage | 
     if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
         return LazyLoadingImage(url=value)
     if isinstance(value, (str, os.PathLike)):
+        from imaginairy.utils.downloads import check_url_scheme
+
+        check_url_scheme(os.fspath(value))
         return LazyLoadingImage(filepath=value)
     from PIL import Image
 

@@ -40,6 +40,7 @@ DOWNLOAD_TIMEOUT_SECONDS = 60
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 # a safetensors file starts with the byte length of its JSON header (u64, little endian), then the header
 SAFETENSORS_LENGTH_BYTES = 8
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000  # the limit the safetensors library itself enforces (MAX_HEADER_SIZE)
 
 HUB_LOCATION_PATTERN = re.compile(
     r"^hf://(?P<owner>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<repo_revision>[^/]+))?/(?P<filename>[^@]+?)"
@@ -397,7 +398,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with path.open("rb") as file:
             header_bytes = int.from_bytes(file.read(SAFETENSORS_LENGTH_BYTES), "little")
+            header_limit = min(path.stat().st_size - SAFETENSORS_LENGTH_BYTES, MAX_SAFETENSORS_HEADER_BYTES)
+            if not 0 < header_bytes <= header_limit:
+                raise ValueError(f"its header length field says {header_bytes} bytes; the file has room for {header_limit}")
             header = json.loads(file.read(header_bytes))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
             header.pop("__metadata__", None)
             data_start = SAFETENSORS_LENGTH_BYTES + header_bytes
             file_size = path.stat().st_size

@@ -4,12 +4,22 @@ import http.client
 import urllib.error
 import urllib.request
 
-from imaginairy.errors import ImageDownloadError
+from imaginairy.errors import ImageDownloadError, InvalidInputError
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "imaginairy (+https://github.com/brycedrennan/imaginAIry)"
+
+
+def check_url_scheme(location: str) -> None:
+    """InvalidInputError for a URL whose scheme we cannot fetch (ftp://, file://, ...): only http(s) is downloaded."""
+    scheme, separator, rest = location.partition("://")
+    if not separator or not scheme.isalpha() or scheme.lower() in ("http", "https"):
+        return
+    if scheme.lower() == "file":
+        raise InvalidInputError(f"{location}: file:// URLs are not read; give the path {rest} instead")
+    raise InvalidInputError(f"Cannot download {location}: only http:// and https:// URLs are supported")
 
 
 def fetch_url_bytes(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

@@ -74,6 +74,21 @@ def corrupt_checkpoint(tmp_path):
     return path
 
 
+@pytest.fixture
+def bad_model_files(tmp_path, tiny_models):
+    """Weights and configs that used to end in a traceback: random bytes, a header length of 2**60, a config without
+    `z_channels`, a text encoder layer that does not exist."""
+    import random
+
+    (tmp_path / "random.safetensors").write_bytes(random.Random(0).randbytes(4096))
+    (tmp_path / "huge-header.safetensors").write_bytes((2**60).to_bytes(8, "little") + b"{" + b" " * 100)
+    sd15_config = tiny_models["tiny-sd15"].with_suffix(".yaml").read_text()
+    (tmp_path / "no-z.yaml").write_text("".join(line for line in sd15_config.splitlines(True) if "z_channels" not in line))
+    sd21_config = tiny_models["tiny-sd21-v"].with_suffix(".yaml").read_text()
+    assert "layer: penultimate" in sd21_config
+    (tmp_path / "pooled.yaml").write_text(sd21_config.replace("layer: penultimate", "layer: pooled"))
+
+
 BAD_INPUTS = {
     "missing init image": (["--init-image", "{tmp}/nope.jpg"], 2, "nope.jpg"),
     "unknown sampler": (["--sampler-type", "k_wrong"], 2, "k_wrong"),
@@ -87,15 +102,25 @@ BAD_INPUTS = {
     "wrong architecture": (["--model-config", "{repo}/imaginairy/configs/sd-v2.yaml"], 1, "does not fit"),
     "unwritable outdir": (["--outdir", "{tmp}/a-file/out"], 1, "a-file"),
     "init image url fails": (["--init-image", "{url}/missing.png"], 1, "404"),
+    "random bytes as safetensors": (["--model", "{tmp}/random.safetensors"], 1, "header length field says"),
+    "header claiming 2**60 bytes": (["--model", "{tmp}/huge-header.safetensors"], 1, "1152921504606846976 bytes"),
+    "config missing a key": (["--model-config", "{tmp}/no-z.yaml"], 1, "no-z.yaml lacks the parameter 'z_channels'"),
+    "unsupported config value": (["--model", "{sd21}", "--model-config", "{tmp}/pooled.yaml"], 1,
+                                 "pooled.yaml: OpenCLIP text encoder layer must be one of"),
+    "model is a folder": (["--model", "{tmp}"], 2, "is a folder, not a weights file"),
+    "model is not a regular file": (["--model", "/dev/zero"], 2, "/dev/zero is not a regular file"),
+    "ftp init image": (["--init-image", "ftp://example.com/a.png"], 2, "only http:// and https:// URLs"),
+    "file url init image": (["--init-image", "file:///tmp/a.png"], 2, "give the path /tmp/a.png instead"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
-def test_bad_input_is_one_clear_line_and_no_file(case, tiny_models, tmp_path, corrupt_checkpoint, http_server):
+def test_bad_input_is_one_clear_line_and_no_file(case, tiny_models, tmp_path, corrupt_checkpoint, bad_model_files,
+                                                 http_server):
     extra, exit_code, mentioned = BAD_INPUTS[case]
     (tmp_path / "a-file").write_text("not a folder")
     outdir = tmp_path / "out"
-    values = {"tmp": tmp_path, "corrupt": corrupt_checkpoint, "url": http_server[0],
+    values = {"tmp": tmp_path, "corrupt": corrupt_checkpoint, "url": http_server[0], "sd21": tiny_models["tiny-sd21-v"],
               "repo": Path(__file__).resolve().parents[2]}
     extra = [arg.format(**values) for arg in extra]
     args = ["a dog", "--model", str(tiny_models["tiny-sd15"]), "--steps", "2", "--outdir", str(outdir), *extra]
@@ -106,6 +131,20 @@ def test_bad_input_is_one_clear_line_and_no_file(case, tiny_models, tmp_path, co
     assert any(mentioned in line for line in error_lines), result.output
     assert "Traceback" not in result.output
     assert written_files(outdir) == []
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps"])
+def test_unavailable_device_is_a_usage_error(device, tiny_models, tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available() and device.startswith("cuda") or torch.backends.mps.is_available() and device == "mps":
+        device = f"cuda:{torch.cuda.device_count()}"  # a machine that has the device: ask for one past its last GPU
+    monkeypatch.setenv("IMAGINAIRY_DEVICE", device)
+    result = CliRunner().invoke(imagine_cmd, ["a dog", "--model", str(tiny_models["tiny-sd15"]), "--steps", "1",
+                                              "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: IMAGINAIRY_DEVICE={device!r}, but" in result.output and "Traceback" not in result.output
+    assert written_files(tmp_path / "out") == []
 
 
 def test_real_process_exit_codes_and_no_traceback(tmp_path):

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 HUB_SCHEME = "hf://"
 URL_SCHEMES = ("https://", "http://")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-DOWNLOAD_TIMEOUT_SECONDS = 60
+DOWNLOAD_STALL_SECONDS = 60  # a weights download fails when no byte arrived for this long
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 # a safetensors file starts with the byte length of its JSON header (u64, little endian), then the header
 SAFETENSORS_LENGTH_BYTES = 8
@@ -199,50 +199,53 @@ def resolve_url(url: str, *, progress: bool = True) -> Path:
     if hub_offline():
         raise WeightsUnavailableError(_url_unavailable_message(url, cached, "offline mode (HF_HUB_OFFLINE) is on"))
     try:
-        download_file(url, cached, progress=progress)
+        download_file(url, cached, progress=progress, stall_seconds=DOWNLOAD_STALL_SECONDS)
     except (OSError, http.client.HTTPException) as err:
         raise WeightsUnavailableError(_url_unavailable_message(url, cached, _download_failure_reason(err))) from err
     return cached
 
 
-def download_file(url: str, destination: Path, *, progress: bool = True) -> None:
-    """Download `url` to `destination` through a temporary file in the same folder, renamed when complete.
+def download_file(url: str, destination: Path, *, progress: bool = True,
+                  stall_seconds: float = DOWNLOAD_STALL_SECONDS) -> None:
+    """Download `url` to `destination` through `<destination>.partial`, renamed when complete.
 
-    On any failure the temporary file is removed, so `destination` is either whole or absent.
+    The download fails only when no byte arrived for `stall_seconds` (a slow line is not a failure); what was
+    received stays in the partial file, and the next call resumes from there with an HTTP Range request (starting
+    over when the server ignores it). So `destination` is either whole or absent.
     """
-    import tempfile
     import urllib.request
 
     from tqdm import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    request = urllib.request.Request(url, headers={"User-Agent": "imaginairy"})
-    partial = tempfile.NamedTemporaryFile(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial", delete=False
-    )
-    partial_path = Path(partial.name)
-    try:
-        with partial, urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
-            expected_bytes = _content_length(response)
-            received_bytes = 0
-            with tqdm(
-                total=expected_bytes,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=_url_file_name(url),
-                disable=not progress,
-            ) as progress_bar:
-                while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                    partial.write(chunk)
-                    received_bytes += len(chunk)
-                    progress_bar.update(len(chunk))
-        if expected_bytes is not None and received_bytes != expected_bytes:
-            raise ConnectionError(f"connection closed after {received_bytes} of {expected_bytes} bytes")
-        os.replace(partial_path, destination)
-    except BaseException:
-        partial_path.unlink(missing_ok=True)
-        raise
+    partial_path = destination.with_name(destination.name + ".partial")
+    have_bytes = partial_path.stat().st_size if partial_path.is_file() else 0
+    headers = {"User-Agent": "imaginairy"}
+    if have_bytes:
+        headers["Range"] = f"bytes={have_bytes}-"
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=stall_seconds) as response:
+        resumed = have_bytes > 0 and response.status == 206
+        received_bytes = have_bytes if resumed else 0
+        remaining_bytes = _content_length(response)
+        expected_bytes = None if remaining_bytes is None else received_bytes + remaining_bytes
+        with partial_path.open("ab" if resumed else "wb") as partial, tqdm(
+            total=expected_bytes,
+            initial=received_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=_url_file_name(url),
+            disable=not progress,
+        ) as progress_bar:
+            while chunk := response.read1(DOWNLOAD_CHUNK_BYTES):  # read1: whatever arrived, so the bar moves
+                partial.write(chunk)
+                received_bytes += len(chunk)
+                progress_bar.update(len(chunk))
+    if expected_bytes is not None and received_bytes != expected_bytes:
+        raise ConnectionError(f"connection closed after {received_bytes} of {expected_bytes} bytes (run again to"
+                              " resume)")
+    os.replace(partial_path, destination)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -297,13 +300,9 @@ def _content_length(response) -> int | None:
 
 
 def _download_failure_reason(err: BaseException) -> str:
-    import urllib.error
+    from imaginairy.utils.downloads import download_failure_reason
 
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason}"
-    if isinstance(err, urllib.error.URLError):
-        return str(err.reason)
-    return _first_sentence(err)
+    return download_failure_reason(err, DOWNLOAD_STALL_SECONDS)
 
 
 def _url_unavailable_message(url: str, cached: Path, reason: str) -> str:

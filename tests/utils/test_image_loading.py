@@ -97,6 +97,26 @@ def test_directory_fails_at_construction(tmp_path):
         LazyLoadingImage(filepath=tmp_path)
 
 
+def test_fifo_fails_at_construction_instead_of_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer for ever
+    with pytest.raises(ImageLoadError, match=f"not a regular file .*: {fifo}$"):
+        LazyLoadingImage(filepath=fifo)
+
+
+@pytest.mark.parametrize(("location", "message"), [
+    ("ftp://example.com/a.png", "only http:// and https:// URLs are supported"),
+    ("file:///tmp/a.png", "file:// URLs are not read; give the path /tmp/a.png instead"),
+])
+def test_other_url_schemes_are_named_as_urls(location, message):
+    from imaginairy.schema import ImaginePrompt
+
+    with pytest.raises(InvalidInputError, match=message):
+        ImaginePrompt("a dog", init_image=location)
+
+
 def test_text_file_is_not_an_image(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")

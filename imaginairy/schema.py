@@ -498,7 +498,7 @@ def _check_mask_prompt(value: Any) -> str | None:
     if not isinstance(value, str):
         raise InvalidInputError(f"mask_prompt must be a mask expression string, got {type(value).__name__}.")
     if not value.strip():
-        return None
+        raise InvalidInputError("mask_prompt is empty: say what to edit, e.g. \"fruit OR fruit stem\" (or leave it out).")
     from imaginairy.masking.expression import parse_mask_expression
 
     parse_mask_expression(value)
@@ -506,7 +506,7 @@ def _check_mask_prompt(value: Any) -> str | None:
 
 
 def _check_outpaint(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:
         return None
     from imaginairy.masking.outpaint import parse_outpaint_spec
 

@@ -13,6 +13,7 @@ import click
 
 from imaginairy.cli.errors import reported_errors
 from imaginairy.errors import ImageDownloadError, InvalidInputError
+from imaginairy.utils.outputs import DEFAULT_OUTPUT_FILE_EXTENSION, OUTPUT_FILE_EXTENSIONS
 
 SHELL_PROMPT = "imaginAIry> "
 SHELL_HISTORY_FILE = "shell_history"
@@ -139,7 +140,8 @@ def describe(ctx: click.Context, images: tuple[str, ...]) -> None:
 @click.option("--model", "weights", metavar="LOCATION",
               help="Upscaler weights: a file path, an https:// URL or hf://owner/repo/file"
                    " [default: RealESRGAN x4plus].")
-@click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+@click.option("--output-file-extension", type=click.Choice(OUTPUT_FILE_EXTENSIONS), default=DEFAULT_OUTPUT_FILE_EXTENSION,
+              show_default=True)
 @click.pass_context
 def upscale(ctx: click.Context, images: tuple[str, ...], outdir: str, weights: str | None,
             output_file_extension: str) -> None:

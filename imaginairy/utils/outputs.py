@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from imaginairy.schema import ImaginePrompt, ImagineResult
 
 FILE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
+OUTPUT_FILE_EXTENSIONS = ("jpg", "png")  # what the command lines offer
+DEFAULT_OUTPUT_FILE_EXTENSION = "jpg"
 COUNTER_DIGITS = 6
 MAX_SLUG_CHARS = 60
 MAX_NAME_ATTEMPTS = 1000

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from imaginairy.cli.imagine import imagine_cmd
+from imaginairy.schema import ImaginePrompt
 from imaginairy.utils.metadata import read_metadata, read_parameters
 
 IMAGINE_BIN = Path(sys.executable).parent / "imagine"
@@ -163,3 +164,85 @@ def test_help_is_instant_and_imports_no_torch():
     elapsed = time.perf_counter() - start
     assert result.returncode == 0 and "--sampler-type" in result.stdout
     assert elapsed < 2.0  # about 0.1 s on an idle machine; generous for loaded CI
+
+
+@pytest.mark.parametrize("args", [["-h"], ["a dog", "-h"], ["-h", "--steps", "3"]])
+def test_h_without_a_number_shows_the_help(args):
+    result = CliRunner().invoke(imagine_cmd, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: ") and "--sampler-type" in result.output
+
+
+def test_h_with_a_number_is_still_the_height(monkeypatch):
+    seen = capture_prompts(monkeypatch)
+    assert CliRunner().invoke(imagine_cmd, ["a dog", "-h", "128", "--model", "sd-1.5"]).exit_code == 0
+    assert seen[0].height == 128
+
+
+def capture_prompts(monkeypatch) -> list:
+    """Replace the generation by a recorder of the prompts the command built."""
+    from imaginairy import api
+
+    seen = []
+
+    def record(prompts, outdir, **kwargs):
+        seen.extend(prompts)
+        return []
+
+    monkeypatch.setattr(api, "imagine_image_files", record)
+    return seen
+
+
+def test_every_option_reaches_the_prompt(monkeypatch, tmp_path):
+    """Each option named like an ImaginePrompt field sets that field (a non-default value for each)."""
+    init = tmp_path / "init.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(init)
+    given = {"negative_prompt": "blurry", "prompt_strength": 3.5, "init_image_strength": 0.6, "mask_prompt": "a cat",
+             "mask_mode": "keep", "seamless_boost": 0.3, "seed": 5, "steps": 7, "width": 128, "height": 192,
+             "sampler_type": "ddim", "ddim_eta": 0.5, "model": "sd-2.1", "precision": "bf16", "memory_mode": "low",
+             "fix_faces_fidelity": 0.9, "safety_mode": "filter"}
+    args = ["a dog", "--init-image", str(init), "--no-mask-modify-original", "--tile-x", "--fix-faces", "--upscale",
+            "--caption"]
+    for name, value in given.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    seen = capture_prompts(monkeypatch)
+    result = CliRunner().invoke(imagine_cmd, args)
+    assert result.exit_code == 0, result.output
+    (prompt,) = seen
+    assert {name: getattr(prompt, name) for name in given} == {**given, "negative_prompt": prompt.negative_prompt}
+    assert prompt.negative_prompt[0].text == "blurry" and prompt.init_image.filepath == str(init)
+    assert (prompt.mask_modify_original, prompt.tile_mode, prompt.fix_faces, prompt.upscale, prompt.caption) == (
+        False, "x", True, True, True)
+    defaults = CliRunner().invoke(imagine_cmd, ["a dog", "--model", "sd-1.5"])
+    assert defaults.exit_code == 0
+    expected = ImaginePrompt("a dog", model="sd-1.5", seed=seen[1].seed)  # unset options: the fields' defaults
+    assert {name: getattr(seen[1], name) for name in ImaginePrompt.defaults()} == vars(expected)
+
+
+def test_quiet_still_says_where_the_images_went_and_sums_up(tiny_models, tmp_path):
+    outdir = tmp_path / "out"
+    result = CliRunner().invoke(imagine_cmd, ["a dog", "a cat", "--model", str(tiny_models["tiny-sd15"]), "--steps",
+                                              "1", "--outdir", str(outdir), "-q", "--safety-mode", "off"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    written = written_files(outdir)
+    assert [Path(line) for line in lines[:2]] == written
+    assert re.fullmatch(rf"2 images in {re.escape(str(outdir / 'generated'))}/, \d+\.\d s", lines[2]), lines
+    assert "Generating" not in result.output
+
+
+def test_usage_errors_come_back_before_torch_is_imported(tmp_path):
+    """An unknown model, a model file that is not there and an init image that is not an image are reported by a
+    process that never imported torch (so in well under a second on an idle machine)."""
+    (tmp_path / "text.jpg").write_text("not an image")
+    cases = [(["--model", "sd-9"], "unknown model 'sd-9'"), (["--model", str(tmp_path / "m.safetensors")], "m.safetensors"),
+             (["--init-image", str(tmp_path / "text.jpg")], "Not an image file")]
+    for args, message in cases:
+        code = ("import sys; from imaginairy.cli.imagine import imagine_cmd\n"
+                f"try:\n    imagine_cmd({['a dog', *args]!r})\n"
+                "finally:\n    print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and result.stderr.strip().endswith("no torch"), result.stderr

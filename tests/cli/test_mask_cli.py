@@ -103,3 +103,13 @@ def test_help_lists_the_mask_options():
     for option in ("--mask-prompt", "--mask-image", "--mask-mode", "--mask-modify-original / --no-mask-modify-original",
                    "--outpaint", "--seamless-boost"):
         assert option in result.output
+
+
+@pytest.mark.parametrize(("option", "message"), [("--mask-prompt", "mask_prompt is empty"),
+                                                 ("--outpaint", "outpaint must be a spec like")])
+def test_an_empty_mask_prompt_or_outpaint_is_a_usage_error_not_ignored(option, message, tiny_models, tmp_path, images):
+    result = CliRunner().invoke(imagine_cmd, ["a cat", "--init-image", str(images[0]), option, "  ", "--model",
+                                              str(tiny_models["tiny-sd15"]), "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {message}" in result.output
+    assert written_files(tmp_path / "out") == []

@@ -9,7 +9,8 @@ setup(
     description="AI imagined images. Pythonic generation of images with Stable Diffusion, on your own machine.",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    # not 3.13 yet: k-diffusion needs dctorch, which needs numpy<2, and numpy 1.x has no wheels for Python 3.13
+    python_requires=">=3.10,<3.13",
     packages=find_packages(include=("imaginairy", "imaginairy.*")),
     package_data={"imaginairy": ["configs/*.yaml"]},
     include_package_data=True,

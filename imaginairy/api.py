@@ -61,10 +61,10 @@ def imagine_image_files(
 ) -> list[Path]:
     """Generate every prompt and save each of its images under `outdir/<kind>/` (`generated`, `upscaled`, ...),
     never overwriting a file. Returns the paths of the final images."""
-    from imaginairy.utils.outputs import prepare_outdir, save_result
+    from imaginairy.utils.outputs import check_outdir_writable, prepare_outdir, save_result
 
     outdir = Path(outdir)
-    prepare_outdir(outdir / "generated")
+    check_outdir_writable(outdir / "generated")
     paths = []
     callback = imagine_kwargs.pop("progress_callback", None)
     with ProgressBar(show_progress, callback) as progress:
@@ -80,30 +80,41 @@ def imagine_image_files(
 def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
     """Before any generation, get every weights file the prompts need (downloading what is not cached) and settle
     each safety mode (`filter` without its checker fails here), so a missing file stops the run before the work
-    rather than after it."""
+    rather than after it. Every file that cannot be had is named in one error, not one per run."""
     from imaginairy.enhancers.describe import blip_model_dir
-    from imaginairy.enhancers.face_fix import CODEFORMER_WEIGHTS, RETINAFACE_WEIGHTS
+    from imaginairy.enhancers.face_fix import CODEFORMER, RETINAFACE
     from imaginairy.enhancers.safety import ensure_safety_available
-    from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
+    from imaginairy.enhancers.upscale import REALESRGAN
+    from imaginairy.errors import SafetyCheckUnavailableError, WeightsUnavailableError
     from imaginairy.masking.clipseg import clipseg_folder
     from imaginairy.masking.inpaint import clipseg_location
     from imaginairy.models.registry import resolve_model
     from imaginairy.models.weights import resolve_weights
 
-    locations = set()
+    fetches = {}  # one fetch per distinct file
     for prompt in prompts:
-        ensure_safety_available(prompt.safety_mode)
-        locations.add(resolve_model(prompt.model, prompt.model_config).weights)
-        if prompt.upscale:
-            locations.add(REALESRGAN_X4PLUS_WEIGHTS)
-        if prompt.fix_faces:
-            locations.update((RETINAFACE_WEIGHTS, CODEFORMER_WEIGHTS))
-    for location in sorted(locations):
-        resolve_weights(location)
-    if any(prompt.caption for prompt in prompts):
-        blip_model_dir()
-    if any(prompt.mask_prompt for prompt in prompts):
-        clipseg_folder(clipseg_location())
+        fetches[("safety", prompt.safety_mode)] = lambda mode=prompt.safety_mode: ensure_safety_available(mode)
+        location = resolve_model(prompt.model, prompt.model_config).weights
+        fetches[location] = lambda location=location: resolve_weights(location)
+        for helper, wanted in ((REALESRGAN, prompt.upscale), (RETINAFACE, prompt.fix_faces),
+                               (CODEFORMER, prompt.fix_faces)):
+            if wanted:
+                fetches[helper] = helper.resolve
+        if prompt.caption:
+            fetches["blip"] = blip_model_dir
+        if prompt.mask_prompt:
+            fetches["clipseg"] = lambda: clipseg_folder(clipseg_location())
+    missing = []
+    for fetch in fetches.values():
+        try:
+            fetch()
+        except (WeightsUnavailableError, SafetyCheckUnavailableError) as error:
+            missing.append(error)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        listed = "".join(f"\n- {error}" for error in missing)
+        raise WeightsUnavailableError(f"{len(missing)} weights files this run needs cannot be had:{listed}")
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:

@@ -111,3 +111,39 @@ def test_missing_enhancer_weights_fail_before_any_generation(tiny_models, tmp_pa
         imagine_image_files([prompt(tiny_models, **{step: True})], tmp_path, model_cache=untouched_cache, device="cpu")
     assert len(untouched_cache) == 0
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_setting(tmp_path):
+    """Offline with nothing cached: the model, the upscaler, both face models, BLIP, CLIPSeg and the safety checker
+    (mode filter) are all named at once, each with the setting that points at a local copy."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from imaginairy.cli.imagine import imagine_cmd
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
+    result = CliRunner().invoke(imagine_cmd, [
+        "a dog", "--init-image", str(tmp_path / "init.png"), "--mask-prompt", "dog", "--fix-faces", "--upscale",
+        "--caption", "--safety-mode", "filter", "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "Error: 7 weights files this run needs cannot be had:" in result.output
+    for setting in ("--model /path/to/sd-v1-5-inpainting.ckpt", "IMAGINAIRY_REALESRGAN_MODEL=",
+                    "IMAGINAIRY_RETINAFACE_MODEL=", "IMAGINAIRY_CODEFORMER_MODEL=", "IMAGINAIRY_BLIP_MODEL=",
+                    "IMAGINAIRY_CLIPSEG_MODEL=", "IMAGINAIRY_SAFETY_CHECKER_MODEL="):
+        assert setting in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_helper_weights_come_from_their_environment_variable(tmp_path, monkeypatch):
+    from tiny_enhancers import make_tiny_realesrgan
+
+    from imaginairy.enhancers.upscale import REALESRGAN, load_upscaler
+    from imaginairy.errors import ModelNotFoundError
+
+    path = make_tiny_realesrgan(tmp_path / "local-esrgan.pth")
+    monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(path))
+    assert REALESRGAN.resolve() == path
+    assert load_upscaler(device="cpu").architecture.id == "ESRGAN"
+    monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(tmp_path / "nope.pth"))
+    with pytest.raises(ModelNotFoundError, match="RealESRGAN upscaler weights from IMAGINAIRY_REALESRGAN_MODEL: .*nope"):
+        REALESRGAN.resolve()

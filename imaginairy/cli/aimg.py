@@ -139,7 +139,7 @@ def describe(ctx: click.Context, images: tuple[str, ...]) -> None:
               help="Where to write the upscaled images; existing files are never replaced.")
 @click.option("--model", "weights", metavar="LOCATION",
               help="Upscaler weights: a file path, an https:// URL or hf://owner/repo/file"
-                   " [default: RealESRGAN x4plus].")
+                   " [default: $IMAGINAIRY_REALESRGAN_MODEL, else RealESRGAN x4plus].")
 @click.option("--output-file-extension", type=click.Choice(OUTPUT_FILE_EXTENSIONS), default=DEFAULT_OUTPUT_FILE_EXTENSION,
               show_default=True)
 @click.pass_context
@@ -152,10 +152,10 @@ def upscale(ctx: click.Context, images: tuple[str, ...], outdir: str, weights: s
     """
     failures = 0
     with reported_errors():
-        from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS, load_upscaler, upscale_image
+        from imaginairy.enhancers.upscale import load_upscaler, upscale_image
         from imaginairy.utils.outputs import prompt_slug, write_numbered_file
 
-        model = load_upscaler(weights or REALESRGAN_X4PLUS_WEIGHTS)
+        model = load_upscaler(weights)
         for location in images:
             try:
                 loaded = open_input_image(location)

@@ -78,17 +78,18 @@ def parse_hub_location(location: str) -> HubFile:
     return HubFile(repo_id=repo_id, filename=match["filename"], revision=revision)
 
 
-def resolve_weights(location: str | os.PathLike, *, progress: bool = True) -> Path:
+def resolve_weights(location: str | os.PathLike, *, progress: bool = True, local_copy_hint: str | None = None) -> Path:
     """The local path of the weights file at `location`, downloading it into its cache if needed.
 
     Raises ModelNotFoundError for a local path that is not a file, and WeightsUnavailableError when a
-    remote file is neither cached nor downloadable (offline, network error, not found).
+    remote file is neither cached nor downloadable (offline, network error, not found); its message says how to use
+    a local copy instead: `local_copy_hint` (e.g. "set SOME_VARIABLE=/path/to/file"), by default `--model PATH`.
     """
     location = os.fspath(location)
     if location.startswith(HUB_SCHEME):
-        return resolve_hub_file(parse_hub_location(location), progress=progress)
+        return resolve_hub_file(parse_hub_location(location), progress=progress, local_copy_hint=local_copy_hint)
     if location.startswith(URL_SCHEMES):
-        return resolve_url(location, progress=progress)
+        return resolve_url(location, progress=progress, local_copy_hint=local_copy_hint)
     return existing_weights_file(Path(location).expanduser())
 
 
@@ -128,7 +129,7 @@ def url_cache_path(url: str) -> Path:
     return weights_cache_dir() / f"{url_hash}-{_url_file_name(url)}"
 
 
-def resolve_hub_file(hub_file: HubFile, *, progress: bool = True) -> Path:
+def resolve_hub_file(hub_file: HubFile, *, progress: bool = True, local_copy_hint: str | None = None) -> Path:
     """The cached path of a hub file, downloading it into the huggingface_hub cache if it is not there."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -149,7 +150,9 @@ def resolve_hub_file(hub_file: HubFile, *, progress: bool = True) -> Path:
             tqdm_class=None if progress else _silent_tqdm_class(),
         )
     except _hub_download_errors() as err:
-        raise WeightsUnavailableError(_hub_file_unavailable_message(hub_file, cache_dir, offline, err)) from err
+        raise WeightsUnavailableError(
+            _hub_file_unavailable_message(hub_file, cache_dir, offline, err, local_copy_hint)
+        ) from err
     return Path(downloaded)
 
 
@@ -189,7 +192,7 @@ def resolve_hub_snapshot(
         ) from err
 
 
-def resolve_url(url: str, *, progress: bool = True) -> Path:
+def resolve_url(url: str, *, progress: bool = True, local_copy_hint: str | None = None) -> Path:
     """The cached path of a weights file at `url`, downloading it into `weights_cache_dir()` if needed."""
     import http.client
 
@@ -197,11 +200,15 @@ def resolve_url(url: str, *, progress: bool = True) -> Path:
     if cached.is_file():
         return cached
     if hub_offline():
-        raise WeightsUnavailableError(_url_unavailable_message(url, cached, "offline mode (HF_HUB_OFFLINE) is on"))
+        raise WeightsUnavailableError(
+            _url_unavailable_message(url, cached, "offline mode (HF_HUB_OFFLINE) is on", local_copy_hint)
+        )
     try:
         download_file(url, cached, progress=progress, stall_seconds=DOWNLOAD_STALL_SECONDS)
     except (OSError, http.client.HTTPException) as err:
-        raise WeightsUnavailableError(_url_unavailable_message(url, cached, _download_failure_reason(err))) from err
+        raise WeightsUnavailableError(
+            _url_unavailable_message(url, cached, _download_failure_reason(err), local_copy_hint)
+        ) from err
     return cached
 
 
@@ -305,10 +312,11 @@ def _download_failure_reason(err: BaseException) -> str:
     return download_failure_reason(err, DOWNLOAD_STALL_SECONDS)
 
 
-def _url_unavailable_message(url: str, cached: Path, reason: str) -> str:
+def _url_unavailable_message(url: str, cached: Path, reason: str, local_copy_hint: str | None) -> str:
+    hint = local_copy_hint or f"pass its file path instead of the URL (--model /path/to/{_url_file_name(url)})"
     return (
         f"Weights file '{_url_file_name(url)}' from {url} is not in the cache and could not be downloaded: {reason};"
-        f" to use a local copy, pass its file path instead of the URL, or save it as {cached}"
+        f" to use a local copy, {hint}, or save it as {cached}"
     )
 
 
@@ -333,13 +341,15 @@ def _hub_failure_reason(offline: bool, err: BaseException) -> str:
     return _first_sentence(err)
 
 
-def _hub_file_unavailable_message(hub_file: HubFile, cache_dir: Path, offline: bool, err: BaseException) -> str:
+def _hub_file_unavailable_message(
+    hub_file: HubFile, cache_dir: Path, offline: bool, err: BaseException, local_copy_hint: str | None = None
+) -> str:
     revision_text = f" at revision '{hub_file.revision}'" if hub_file.revision else ""
     revision_option = f" --revision {hub_file.revision}" if hub_file.revision else ""
     return (
         f"Weights file '{hub_file.filename}' from Hugging Face repo '{hub_file.repo_id}'{revision_text}"
         f" is not in the cache ({cache_dir}) and could not be downloaded: {_hub_failure_reason(offline, err)};"
-        f" to use a local copy, pass its file path (e.g. /path/to/{Path(hub_file.filename).name}) instead,"
+        f" to use a local copy, {local_copy_hint or f'pass --model /path/to/{Path(hub_file.filename).name}'},"
         f" or put it in the cache with `hf download {hub_file.repo_id} {hub_file.filename}{revision_option}`"
     )
 
@@ -481,6 +491,28 @@ def _unshared_contiguous_tensors(state_dict: dict[str, torch.Tensor]) -> dict[st
         seen_storages.add(storage)
         tensors[name] = tensor.contiguous()
     return tensors
+
+
+@dataclass(frozen=True)
+class HelperWeights:
+    """The weights file of a helper model (face detector, restorer, upscaler): its default location, and the
+    environment variable that points at another one (a local file, a URL or an hf:// file)."""
+
+    description: str
+    default_location: str
+    env_var: str
+
+    def location(self) -> str:
+        return os.environ.get(self.env_var) or self.default_location
+
+    def resolve(self, *, progress: bool = True) -> Path:
+        """The local path of the weights (downloaded into the cache if needed); errors name `env_var`."""
+        location = self.location()
+        hint = f"set {self.env_var}=/path/to/{_url_file_name(self.default_location)}"
+        try:
+            return resolve_weights(location, progress=progress, local_copy_hint=hint)
+        except ModelNotFoundError as error:
+            raise ModelNotFoundError(f"{self.description} weights from {self.env_var}: {error}") from error
 
 
 TRANSFORMERS_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -86,6 +86,18 @@ def prepare_outdir(outdir: str | os.PathLike) -> Path:
     return Path(outdir)
 
 
+def check_outdir_writable(outdir: str | os.PathLike) -> None:
+    """OutputWriteError now, before the slow work, if `outdir` could not be created or written; creates nothing, so
+    a run that fails later leaves no empty folder behind."""
+    existing = Path(outdir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputWriteError(f"Cannot create output folder {outdir}: {existing} is not a folder; choose another.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"Cannot create output folder {outdir}: {existing} is not writable; choose another.")
+
+
 def save_result(
     result: ImagineResult, outdir: str | os.PathLike, extension: str = "jpg", image_type: str = "generated"
 ) -> Path:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from imaginairy.errors import DeviceOutOfMemoryError
-from imaginairy.schema import ImaginePrompt, ImagineResult
+from imaginairy.schema import SELF_STEPPING_SAMPLERS, ImaginePrompt, ImagineResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def imagine(
     for prompt in prompts:
         prompt = resolve_runtime_settings(prompt, device)
         model = load_model(prompt, device, cache)
-        logger.info("Generating 🖼 : %s", prompt_summary(resolve_size(prompt, model)))
+        logger.info("Generating 🖼 : %s", prompt_summary(size_to_generate(prompt, model)))
         try:
             yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device)
         except torch.cuda.OutOfMemoryError as e:
@@ -123,12 +123,29 @@ def normalize_prompts(prompts) -> list[ImaginePrompt]:
     return [p if isinstance(p, ImaginePrompt) else ImaginePrompt(p) for p in prompts]
 
 
+def size_to_generate(prompt: ImaginePrompt, model) -> ImaginePrompt:
+    """The prompt with the size it will be generated at: an outpainted canvas's own, else the model's default."""
+    import dataclasses
+
+    from imaginairy.masking.inpaint import generation_frame, is_edit
+    from imaginairy.masking.outpaint import OutpaintAmounts, parse_outpaint_spec
+    from imaginairy.pipeline import resolve_size
+
+    if not is_edit(prompt):
+        return resolve_size(prompt, model)
+    amounts = parse_outpaint_spec(prompt.outpaint) if prompt.outpaint else OutpaintAmounts()
+    canvas_size = amounts.canvas_size(*prompt.init_image.size)
+    width, height, _ = generation_frame(prompt, canvas_size, model.settings.default_size, outpainting=bool(amounts))
+    return dataclasses.replace(prompt, width=width, height=height)
+
+
 def prompt_summary(prompt: ImaginePrompt) -> str:
     text = " | ".join(p.text if p.weight == 1 else f"{p.text}:{p.weight}" for p in prompt.prompts)
     size = f"{prompt.width}x{prompt.height}px" if prompt.width and prompt.height else "default size"
     return (
         f'"{text}" {size} seed:{prompt.seed} prompt-strength:{prompt.prompt_strength} '
-        f"steps:{prompt.steps} sampler-type:{prompt.sampler_type}"
+        f"steps:{'adaptive' if prompt.sampler_type in SELF_STEPPING_SAMPLERS else prompt.steps}"
+        f" sampler-type:{prompt.sampler_type}"
     )
 
 

@@ -38,6 +38,7 @@ SAMPLER_TYPES = (
     "k_dpm_fast",
     "k_dpm_adaptive",
 )
+SELF_STEPPING_SAMPLERS = ("k_dpm_adaptive",)  # choose their own step count: `steps` does not apply to them
 TILE_MODES = ("", "x", "y", "xy")
 MASK_MODES = ("replace", "keep")
 DEFAULT_MODEL = "sd-1.5"

@@ -60,10 +60,13 @@ def sampler_short_name(sampler_type: str) -> str:
 
 def image_filename(counter: int, prompt: ImaginePrompt, image_type: str = "generated", extension: str = "jpg") -> str:
     """E.g. `000001_557988237_PLMS40_PS7.5_a_scenic_landscape.jpg`; kinds other than "generated" add a suffix."""
+    from imaginairy.schema import SELF_STEPPING_SAMPLERS
+
     prompt_text = " ".join(wp.text for wp in prompt.prompts)
     kind_suffix = "" if image_type == "generated" else f"_{prompt_slug(image_type)}"
+    steps = "" if prompt.sampler_type in SELF_STEPPING_SAMPLERS else prompt.steps  # the file says what was used
     return (
-        f"{counter:0{COUNTER_DIGITS}d}_{prompt.seed}_{sampler_short_name(prompt.sampler_type)}{prompt.steps}"
+        f"{counter:0{COUNTER_DIGITS}d}_{prompt.seed}_{sampler_short_name(prompt.sampler_type)}{steps}"
         f"_PS{prompt.prompt_strength:g}_{prompt_slug(prompt_text)}{kind_suffix}.{extension.lstrip('.').lower()}"
     )
 

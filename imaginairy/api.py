@@ -31,7 +31,7 @@ def imagine(
     import torch
 
     from imaginairy.models.cache import shared_model_cache
-    from imaginairy.pipeline import generate, resolve_size
+    from imaginairy.pipeline import generate
     from imaginairy.utils.devices import as_device, default_device
 
     device = as_device(device) if device is not None else default_device()

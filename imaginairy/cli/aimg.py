@@ -67,6 +67,9 @@ def aimg(ctx: click.Context) -> None:
     aimg upscale photo.jpg --outdir upscaled
     aimg imagine "a scenic landscape"
     """
+    from imaginairy.utils.dependency_noise import quiet_dependency_warnings
+
+    quiet_dependency_warnings()
     if ctx.invoked_subcommand is None:
         run_shell(ctx.info_name or "aimg")
 

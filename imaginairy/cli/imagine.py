@@ -104,7 +104,10 @@ def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level,
     """
     import time
 
+    from imaginairy.utils.dependency_noise import quiet_dependency_warnings
+
     started = time.monotonic()
+    quiet_dependency_warnings()
     configure_logging("WARNING" if quiet else log_level)
     if not prompt_texts:
         raise click.UsageError('give at least one prompt, e.g. imagine "a scenic landscape"')
@@ -165,10 +168,17 @@ def run_summary(paths: list, seconds: float) -> str:
 
 
 class EchoHandler(logging.Handler):
-    """Log records printed with click.echo to the current stderr, so they show up wherever the CLI's output goes."""
+    """Log records printed with click.echo to the current stderr, so they show up wherever the CLI's output goes;
+    while a progress bar is drawn, on a line of their own above it (not glued onto it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        import sys
+
+        tqdm_module = sys.modules.get("tqdm")
+        if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
+            tqdm_module.tqdm.write(self.format(record), file=sys.stderr)
+        else:
+            click.echo(self.format(record), err=True)
 
 
 def configure_logging(level: str) -> None:

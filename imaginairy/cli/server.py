@@ -35,6 +35,9 @@ def server_cmd(host, port, engines_config, access_token, max_queue, vram_mode, d
     """
     from imaginairy.cli.imagine import configure_logging
 
+    from imaginairy.utils.dependency_noise import quiet_dependency_warnings
+
+    quiet_dependency_warnings()
     configure_logging(log_level)
     with reported_errors():
         from imaginairy.server.app import ServerConfig, serve

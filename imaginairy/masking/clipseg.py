@@ -70,6 +70,9 @@ def _load_clipseg_cached(location: str, device: torch.device, dtype: torch.dtype
 
     folder = clipseg_folder(location)
     try:
+        from imaginairy.utils.dependency_noise import quiet_transformers_loading
+
+        quiet_transformers_loading()
         network = CLIPSegForImageSegmentation.from_pretrained(folder, dtype=dtype)
         processor = CLIPSegProcessor.from_pretrained(folder)
     except (OSError, ValueError) as err:

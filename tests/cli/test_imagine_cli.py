@@ -246,3 +246,20 @@ def test_usage_errors_come_back_before_torch_is_imported(tmp_path):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and result.stderr.strip().endswith("no torch"), result.stderr
+
+
+def test_a_normal_run_prints_no_dependency_warnings_and_notes_sit_on_their_own_lines(tiny_models, tmp_path):
+    """k_dpmpp_sde (torchsde), face fixing and upscaling (spandrel, facexlib, torchvision) on the tiny models, in a
+    real process: no warning text; the offline safety note is one short line of its own."""
+    from tiny_enhancers import make_tiny_codeformer, make_tiny_realesrgan
+
+    env = {**__import__("os").environ, "IMAGINAIRY_CODEFORMER_MODEL": str(make_tiny_codeformer(tmp_path / "cf.pth")),
+           "IMAGINAIRY_REALESRGAN_MODEL": str(make_tiny_realesrgan(tmp_path / "esrgan.pth"))}
+    result = subprocess.run([str(IMAGINE_BIN), "a dog", "--model", str(tiny_models["tiny-sd15"]), "--steps", "3",
+                             "--sampler-type", "k_dpmpp_sde", "--upscale", "--outdir",
+                             str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "warn(" not in result.stderr, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "No safety check was run" in line]
+    assert len(notes) == 1 and notes[0].startswith("No safety check was run") and len(notes[0]) < 200, notes

@@ -41,19 +41,32 @@ class AimgGroup(click.Group):
 class ShellGroup(AimgGroup):
     """The commands of the interactive shell: aimg's, plus `help`, `exit` and `quit`.
 
-    A failure in a command is reported in one line and the shell goes on.
+    A failure in a command is reported in one line and the shell goes on; `failed` remembers that one did.
     """
+
+    failed = False
 
     def invoke(self, ctx: click.Context):
         from click_repl.exceptions import ExitReplException
 
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, ExitReplException):
+        except ExitReplException:
+            raise
+        except click.exceptions.Exit as error:
+            self.failed = self.failed or error.exit_code != 0
+            raise
+        except SystemExit as error:
+            self.failed = self.failed or error.code not in (None, 0)
+            raise
+        except (click.ClickException, click.Abort):
+            self.failed = True
             raise
         except KeyboardInterrupt as error:
+            self.failed = True
             raise click.ClickException("Interrupted.") from error
         except Exception as error:
+            self.failed = True
             raise click.ClickException(f"unexpected {type(error).__name__}: {error}") from error
 
 
@@ -76,7 +89,9 @@ def aimg(ctx: click.Context) -> None:
 
 def run_shell(name: str) -> None:
     """Read commands from the terminal (or stdin) and run them until `exit`, `quit`, Ctrl-D or, on a
-    non-terminal stdin, an empty line."""
+    non-terminal stdin, an empty line. Fed by a pipe (a script), the shell exits with 1 if a command failed."""
+    import sys
+
     from click_repl import repl
 
     shell = ShellGroup(
@@ -86,6 +101,8 @@ def run_shell(name: str) -> None:
     )
     with click.Context(shell, info_name=name) as shell_ctx:
         repl(shell_ctx, prompt_kwargs={"message": SHELL_PROMPT, **_shell_history()}, allow_system_commands=False)
+    if shell.failed and not sys.stdin.isatty():
+        sys.exit(1)
 
 
 @click.command("help")

@@ -60,8 +60,15 @@ def imagine_image_files(
     **imagine_kwargs,
 ) -> list[Path]:
     """Generate every prompt and save each of its images under `outdir/<kind>/` (`generated`, `upscaled`, ...),
-    never overwriting a file. Returns the paths of the final images."""
-    from imaginairy.utils.outputs import check_outdir_writable, prepare_outdir, save_result
+    never overwriting a file; an image's files in the kinds' folders share one number, above every number in them.
+    Returns the paths of the final images."""
+    from imaginairy.utils.outputs import (
+        check_outdir_writable,
+        next_free_counter_in,
+        numbered_name_counter,
+        prepare_outdir,
+        save_result,
+    )
 
     outdir = Path(outdir)
     check_outdir_writable(outdir / "generated")
@@ -69,8 +76,11 @@ def imagine_image_files(
     callback = imagine_kwargs.pop("progress_callback", None)
     with ProgressBar(show_progress, callback) as progress:
         for result in imagine(prompts, progress_callback=progress, **imagine_kwargs):
+            counter = next_free_counter_in([outdir / kind for kind in result.images])
             for kind in result.images:
-                path = save_result(result, prepare_outdir(outdir / kind), output_file_extension, image_type=kind)
+                path = save_result(result, prepare_outdir(outdir / kind), output_file_extension, image_type=kind,
+                                   min_counter=counter)
+                counter = numbered_name_counter(path)
                 logger.info("    saved %s image to %s", kind, path)
                 if kind == result.final_kind:
                     paths.append(path)

@@ -147,3 +147,19 @@ def test_helper_weights_come_from_their_environment_variable(tmp_path, monkeypat
     monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(tmp_path / "nope.pth"))
     with pytest.raises(ModelNotFoundError, match="RealESRGAN upscaler weights from IMAGINAIRY_REALESRGAN_MODEL: .*nope"):
         REALESRGAN.resolve()
+
+
+def test_an_images_files_share_one_number_across_the_kinds_folders(tiny_models, tmp_path, monkeypatch):
+    from tiny_enhancers import make_tiny_realesrgan
+
+    monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(make_tiny_realesrgan(tmp_path / "esrgan.pth")))
+    outdir = tmp_path / "out"
+    (outdir / "upscaled").mkdir(parents=True)
+    (outdir / "upscaled" / "000006_older.jpg").write_bytes(b"")  # e.g. from `aimg upscale` into the same folder
+    prompts = [ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), steps=1, seed=1, upscale=True,
+                             safety_mode="off")] * 2
+    imagine_image_files(prompts, outdir, show_progress=False, device="cpu")
+    names = sorted(p.relative_to(outdir).as_posix() for p in outdir.rglob("*.jpg") if p.stat().st_size)
+    assert names == ["generated/000007_1_KDPMPP2M1_PS7.5_a_dog.jpg", "generated/000008_1_KDPMPP2M1_PS7.5_a_dog.jpg",
+                     "upscaled/000007_1_KDPMPP2M1_PS7.5_a_dog_upscaled.jpg",
+                     "upscaled/000008_1_KDPMPP2M1_PS7.5_a_dog_upscaled.jpg"]

@@ -102,9 +102,11 @@ def check_outdir_writable(outdir: str | os.PathLike) -> None:
 
 
 def save_result(
-    result: ImagineResult, outdir: str | os.PathLike, extension: str = "jpg", image_type: str = "generated"
+    result: ImagineResult, outdir: str | os.PathLike, extension: str = "jpg", image_type: str = "generated",
+    min_counter: int = 1,
 ) -> Path:
-    """Save one image of `result` into `outdir` under the next free numbered name, with its metadata embedded."""
+    """Save one image of `result` into `outdir` under the next free numbered name (at least `min_counter`), with its
+    metadata embedded."""
     from imaginairy.utils.metadata import write_image_with_metadata
 
     img = result.image_of_type(image_type)
@@ -112,7 +114,18 @@ def save_result(
         outdir,
         lambda counter: image_filename(counter, result.prompt, image_type, extension),
         lambda file, file_format: write_image_with_metadata(img, file, file_format, result.metadata),
+        min_counter=min_counter,
     )
+
+
+def numbered_name_counter(path: str | os.PathLike) -> int:
+    """The number a numbered file name starts with (`000012_...` -> 12)."""
+    return int(COUNTER_PATTERN.match(os.path.basename(path)).group(1))
+
+
+def next_free_counter_in(folders: list[Path]) -> int:
+    """One more than the highest number starting a file name in any of `folders` (those that exist)."""
+    return max((next_free_counter(folder) for folder in folders if folder.is_dir()), default=1)
 
 
 def write_new_file(path: str | os.PathLike, write: FileWriter) -> Path:
@@ -128,9 +141,9 @@ def write_new_file(path: str | os.PathLike, write: FileWriter) -> Path:
 
 
 def write_numbered_file(
-    outdir: str | os.PathLike, filename_for_counter: Callable[[int], str], write: FileWriter
+    outdir: str | os.PathLike, filename_for_counter: Callable[[int], str], write: FileWriter, min_counter: int = 1
 ) -> Path:
-    """Create `outdir/filename_for_counter(n)` for the next free number n, with what `write` writes.
+    """Create `outdir/filename_for_counter(n)` for the next free number n >= `min_counter`, with what `write` writes.
 
     The format comes from the file name's extension. Returns the path written.
     """
@@ -138,7 +151,7 @@ def write_numbered_file(
     prepare_outdir(outdir)
     file_format = file_format_for(filename_for_counter(1))
     with _temporary_file(outdir, write, file_format) as temp_path, _folder_lock(outdir):
-        counter = _free_counter(outdir)
+        counter = max(min_counter, _free_counter(outdir))
         for _ in range(MAX_NAME_ATTEMPTS):
             final_path = os.path.join(outdir, filename_for_counter(counter))
             if _place_exclusively(temp_path, final_path):

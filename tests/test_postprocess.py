@@ -163,3 +163,22 @@ def test_an_images_files_share_one_number_across_the_kinds_folders(tiny_models, 
     assert names == ["generated/000007_1_KDPMPP2M1_PS7.5_a_dog.jpg", "generated/000008_1_KDPMPP2M1_PS7.5_a_dog.jpg",
                      "upscaled/000007_1_KDPMPP2M1_PS7.5_a_dog_upscaled.jpg",
                      "upscaled/000008_1_KDPMPP2M1_PS7.5_a_dog_upscaled.jpg"]
+
+
+def test_make_tiny_models_writes_every_helper_model_and_the_settings_that_find_them(tiny_models, tmp_path,
+                                                                                     monkeypatch):
+    """With helpers.env's settings, a run needing every helper model (offline, nothing cached) finds them all."""
+    from make_tiny_models import HELPER_ENV_VARS, make_tiny_helpers
+    from PIL import Image
+
+    from imaginairy.api import fetch_weights_first
+
+    make_tiny_helpers(tmp_path / "helpers")
+    settings = dict(line.split("=", 1) for line in (tmp_path / "helpers" / "helpers.env").read_text().splitlines())
+    assert sorted(settings) == sorted(variable for variable, _ in HELPER_ENV_VARS.values())
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
+    Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
+    fetch_weights_first([ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), init_image=str(tmp_path / "init.png"),
+                                       mask_prompt="dog", fix_faces=True, upscale=True, caption=True,
+                                       safety_mode="filter")])

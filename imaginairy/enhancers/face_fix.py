@@ -222,12 +222,14 @@ def _load_retinaface(location: str, device: str):
 
     path = resolve_weights(location)
     state_dict = {name.removeprefix("module."): tensor for name, tensor in load_state_dict(path).items()}
-    model = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+    # the two backbones the RetinaFace authors published: ResNet-50 (the default) and MobileNet-0.25
+    network = "mobile0.25" if any(name.startswith("body.stage1.") for name in state_dict) else "resnet50"
+    model = RetinaFace(network_name=network, half=False, device=torch.device(device))
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise ModelLoadError(
-            f"Cannot load {path} as RetinaFace (ResNet-50) face detector weights: the tensors do not fit;"
+            f"Cannot load {path} as RetinaFace ({network}) face detector weights: the tensors do not fit;"
             f" point {RETINAFACE.env_var} at detection_Resnet50_Final.pth"
         ) from err
     return model.to(device).eval()

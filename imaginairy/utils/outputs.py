@@ -60,7 +60,7 @@ def sampler_short_name(sampler_type: str) -> str:
 
 def image_filename(counter: int, prompt: ImaginePrompt, image_type: str = "generated", extension: str = "jpg") -> str:
     """E.g. `000001_557988237_PLMS40_PS7.5_a_scenic_landscape.jpg`; kinds other than "generated" add a suffix."""
-    from imaginairy.schema import SELF_STEPPING_SAMPLERS
+    from imaginairy.samplers.table import SELF_STEPPING_SAMPLERS
 
     prompt_text = " ".join(wp.text for wp in prompt.prompts)
     kind_suffix = "" if image_type == "generated" else f"_{prompt_slug(image_type)}"
@@ -126,6 +126,16 @@ def numbered_name_counter(path: str | os.PathLike) -> int:
 def next_free_counter_in(folders: list[Path]) -> int:
     """One more than the highest number starting a file name in any of `folders` (those that exist)."""
     return max((next_free_counter(folder) for folder in folders if folder.is_dir()), default=1)
+
+
+def save_image(result: ImagineResult, path: str | os.PathLike, image_type: str) -> Path:
+    """Write the `image_type` image of `result` to `path` (format from the extension) with the metadata embedded;
+    OutputWriteError if `path` exists."""
+    from imaginairy.utils.metadata import write_image_with_metadata
+
+    img = result.image_of_type(image_type)
+    return write_new_file(path, lambda file, file_format: write_image_with_metadata(img, file, file_format,
+                                                                                    result.metadata))
 
 
 def write_new_file(path: str | os.PathLike, write: FileWriter) -> Path:

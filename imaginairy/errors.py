@@ -62,3 +62,7 @@ class EmptyMaskError(InvalidInputError):
 
 class DeviceOutOfMemoryError(ImaginAIryError):
     """The GPU ran out of memory; a smaller image, half precision or memory mode "low" needs less."""
+
+
+class IncompatibleModelError(InvalidInputError):
+    """A LoRA, VAE or embedding file is made for another model architecture than the one in use, or is not one."""

@@ -53,6 +53,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_loras(tmp_path_factory) -> dict[str, Path]:
+    """Paths of the tiny LoRA files written by scripts/make_tiny_models.py (name -> .safetensors path)."""
+    from make_tiny_models import make_tiny_loras
+
+    return make_tiny_loras(tmp_path_factory.mktemp("tiny-loras"))
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """A static file server on 127.0.0.1 serving `tmp_path/www`; yields (base_url, directory)."""

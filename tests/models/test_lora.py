@@ -1,0 +1,199 @@
+"""LoRA merging against diffusers' own LoRA loading (`load_lora_weights` + PEFT), exactness of the restore, and every
+bad LoRA input.
+
+diffusers reads the kohya and PEFT files with its own key converters into its own UNet (built from our checkpoint
+file by its converters), so a layer our name mapping sends to the wrong place, a wrong alpha/rank scale or a wrong
+conv reshape moves the result. The text embeddings are computed by us with the LoRAs applied and given to both as
+`prompt_embeds` (the text encoder's LoRA layers are checked against the formula below).
+
+Tolerance: as tests/test_pipeline_parity.py (float32 both sides, sums in other orders): 1e-3 abs + 1e-3 rel on
+latents; the merged weights themselves agree with diffusers' `fuse_lora` to 1e-6.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers_reference import diffusers_pipeline, scheduler_and_call
+
+from imaginairy import ImaginePrompt, pipeline
+from imaginairy.api import load_model
+from imaginairy.errors import IncompatibleModelError, ModelLoadError
+from imaginairy.models.cache import ModelCache
+from imaginairy.models.lora import applied_loras
+from imaginairy.models.weights import load_state_dict, save_state_dict
+
+LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny_models):
+    prompt = ImaginePrompt("a red apple", model=str(tiny_models["tiny-sd15"]), precision="full")
+    return load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+
+
+def our_latent(model, weights_path, loras):
+    prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), steps=STEPS, seed=7,
+                           sampler_type="k_euler", precision="full")
+    prompt = pipeline.resolve_size(prompt, model)
+    with applied_loras(model, loras), torch.inference_mode():
+        cond = pipeline.weighted_text_embedding(model, prompt.prompts)
+        uncond = pipeline.weighted_text_embedding(model, prompt.negative_prompts)
+        latent = pipeline.generate_latent(prompt, model)
+    noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), prompt.width, prompt.height)
+    return prompt, cond, uncond, noise, latent
+
+
+def unet_part(path):
+    """The file's UNet layers only: the diffusers pipeline has no text encoder (it gets our prompt embeddings)."""
+    return {k: v for k, v in load_state_dict(path).items() if not k.startswith(("lora_te", "text_encoder."))}
+
+
+def reference_latent(weights_path, loras, prompt, cond, uncond, noise, fuse):
+    scheduler, call = scheduler_and_call("k_euler", STEPS)
+    reference = diffusers_pipeline(StableDiffusionPipeline, weights_path, scheduler)
+    names = [f"lora{i}" for i in range(len(loras))]
+    for name, (path, _weight) in zip(names, loras):
+        reference.load_lora_weights(unet_part(path), adapter_name=name)
+    reference.set_adapters(names, adapter_weights=[weight for _path, weight in loras])
+    if fuse:
+        reference.fuse_lora(adapter_names=names)
+    with torch.inference_mode():
+        return reference(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=noise.clone(),
+                         guidance_scale=prompt.prompt_strength, height=prompt.height, width=prompt.width,
+                         output_type="latent", **call).images
+
+
+@pytest.mark.parametrize(
+    ("lora_names", "weights", "fuse"),
+    [(["kohya-sd15"], [1.0], True), (["kohya-sd15"], [0.5], False), (["peft-sd15"], [0.5], True),
+     (["peft-sd15"], [1.0], False), (["kohya-sd15", "peft-sd15"], [0.5, 1.0], False),
+     (["kohya-sd15", "kohya-sd15-b"], [1.0, 0.5], True)],
+    ids=["kohya-1.0-fused", "kohya-0.5", "peft-0.5-fused", "peft-1.0", "kohya+peft", "two-kohya-fused"],
+)
+def test_lora_matches_diffusers(tiny_models, tiny_loras, sd15, lora_names, weights, fuse):
+    weights_path = tiny_models["tiny-sd15"]
+    loras = [(tiny_loras[name], weight) for name, weight in zip(lora_names, weights)]
+    prompt, cond, uncond, noise, latent = our_latent(sd15, weights_path, loras)
+    _, _, _, _, plain_latent = our_latent(sd15, weights_path, [])
+    expected = reference_latent(weights_path, loras, prompt, cond, uncond, noise, fuse)
+    print(f"max |latent difference| {(latent - expected).abs().max():.2e}, "
+          f"LoRA effect {(latent - plain_latent).abs().max():.2e}")
+    torch.testing.assert_close(latent, expected, **LATENT_TOLERANCE)
+    assert (latent - plain_latent).abs().max() > 0.05  # the LoRA changes the image far beyond the tolerance
+
+
+def test_state_dict_and_image_bit_identical_after_loras(tiny_models, tiny_loras, sd15):
+    before = {name: tensor.clone() for name, tensor in sd15.state_dict().items()}
+    _, _, _, _, plain_latent = our_latent(sd15, tiny_models["tiny-sd15"], [])
+    _, _, _, _, lora_latent = our_latent(sd15, tiny_models["tiny-sd15"],
+                                         [(tiny_loras["kohya-sd15"], 1.0), (tiny_loras["peft-sd15"], -0.7)])
+    after = sd15.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    _, _, _, _, again = our_latent(sd15, tiny_models["tiny-sd15"], [])
+    assert torch.equal(again, plain_latent)
+    assert not torch.equal(lora_latent, plain_latent)
+    # and equal to a fresh load of the file (a fresh process)
+    fresh = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu",
+                       ModelCache(max_bytes=2**30))
+    assert all(torch.equal(fresh.state_dict()[name], after[name]) for name in after)
+
+
+def test_text_encoder_layers_merged_by_the_formula(tiny_loras, sd15):
+    """W + weight * (alpha / rank) * up @ down on exactly the named Hugging Face CLIP layers (kohya lora_te_ names)."""
+    lora = load_state_dict(tiny_loras["kohya-sd15"])
+    layer = sd15.cond_stage_model.transformer.text_model.encoder.layers[1].mlp.fc1
+    name = "lora_te_text_model_encoder_layers_1_mlp_fc1"
+    down, up, alpha = lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"], lora[f"{name}.alpha"]
+    original = layer.weight.clone()
+    untouched = sd15.cond_stage_model.transformer.text_model.encoder.layers[0].mlp.fc1.weight.clone()
+    with applied_loras(sd15, [(tiny_loras["kohya-sd15"], 0.8)]):
+        expected = original + 0.8 * (alpha / down.shape[0]) * up @ down
+        torch.testing.assert_close(layer.weight, expected, atol=1e-6, rtol=0)
+        assert torch.equal(sd15.cond_stage_model.transformer.text_model.encoder.layers[0].mlp.fc1.weight, untouched)
+
+
+def test_openclip_text_encoder_rows(tiny_models, tiny_loras):
+    """SD 2.x: a k_proj LoRA layer changes only the k rows of OpenCLIP's fused in_proj_weight."""
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd21-v"]), precision="full"), "cpu",
+                       ModelCache(max_bytes=2**30))
+    lora = load_state_dict(tiny_loras["kohya-sd21"])
+    name = "lora_te_text_model_encoder_layers_1_self_attn_k_proj"
+    update = lora[f"{name}.alpha"] / 4 * lora[f"{name}.lora_up.weight"] @ lora[f"{name}.lora_down.weight"]
+    attention = model.cond_stage_model.model.transformer.resblocks[1].attn
+    original = attention.in_proj_weight.clone()
+    with applied_loras(model, [(tiny_loras["kohya-sd21"], 1.0)]):
+        expected = original.clone()
+        expected[32:64] += update
+        torch.testing.assert_close(attention.in_proj_weight, expected, atol=1e-6, rtol=0)
+    assert torch.equal(attention.in_proj_weight, original)
+
+
+def test_old_diffusers_names_merge_like_peft(tmp_path, tiny_loras, sd15):
+    """`.lora.down/.lora.up` and the attention-processor `to_q_lora.down` names are the same layers as PEFT's."""
+    peft = load_state_dict(tiny_loras["peft-sd15"])
+    old = {}
+    for key, tensor in peft.items():
+        key = key.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight")
+        if ".attn2.to_v." in key:  # the processor form for one layer
+            key = key.replace(".attn2.to_v.lora.", ".attn2.processor.to_v_lora.")
+        old[key] = tensor
+    save_state_dict(old, tmp_path / "old.safetensors")
+    with applied_loras(sd15, [(tiny_loras["peft-sd15"], 1.0)]):
+        merged_peft = {k: v.clone() for k, v in sd15.state_dict().items()}
+    with applied_loras(sd15, [(tmp_path / "old.safetensors", 1.0)]):
+        assert all(torch.equal(v, merged_peft[k]) for k, v in sd15.state_dict().items())
+
+
+@pytest.mark.parametrize(("lora_name", "theirs"), [("kohya-sd21", "SD 2.x"), ("kohya-sdxl", "SDXL")])
+def test_lora_for_another_architecture_is_refused(tiny_loras, sd15, lora_name, theirs):
+    with pytest.raises(IncompatibleModelError, match=f"made for {theirs} models; the model in use is SD 1.x"):
+        with applied_loras(sd15, [(tiny_loras[lora_name], 1.0)]):
+            pass
+
+
+def test_sd15_lora_on_sd21_is_refused(tiny_models, tiny_loras):
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd21-v"]), precision="full"), "cpu",
+                       ModelCache(max_bytes=2**30))
+    with pytest.raises(IncompatibleModelError, match="made for SD 1.x models; the model in use is SD 2.x"):
+        with applied_loras(model, [(tiny_loras["kohya-sd15"], 1.0)]):
+            pass
+
+
+def test_bad_lora_files(tmp_path, sd15, tiny_loras):
+    empty = tmp_path / "empty.safetensors"
+    save_state_dict({}, empty)
+    with pytest.raises(ModelLoadError, match="holds no tensors"):
+        with applied_loras(sd15, [(empty, 1.0)]):
+            pass
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(tiny_loras["kohya-sd15"].read_bytes()[:300])
+    with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
+        with applied_loras(sd15, [(corrupt, 1.0)]):
+            pass
+    checkpoint = tmp_path / "not-a-lora.safetensors"
+    save_state_dict({"model.diffusion_model.out.2.weight": torch.zeros(1)}, checkpoint)
+    with pytest.raises(ModelLoadError, match="is not a LoRA file"):
+        with applied_loras(sd15, [(checkpoint, 1.0)]):
+            pass
+    unknown_layer = tmp_path / "unknown-layer.safetensors"
+    save_state_dict({"lora_unet_nonexistent_layer.lora_down.weight": torch.zeros(4, 32),
+                     "lora_unet_nonexistent_layer.lora_up.weight": torch.zeros(32, 4)}, unknown_layer)
+    with pytest.raises(IncompatibleModelError, match="does not have, e.g. lora_unet_nonexistent_layer"):
+        with applied_loras(sd15, [(unknown_layer, 1.0)]):
+            pass
+    wrong_rank = tmp_path / "wrong-shape.safetensors"
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_state_dict({f"{name}.lora_down.weight": torch.zeros(4, 48), f"{name}.lora_up.weight": torch.zeros(32, 4)},
+                    wrong_rank)
+    with pytest.raises(IncompatibleModelError, match=r"has shape \(32, 48\), the model's has \(32, 32\)"):
+        with applied_loras(sd15, [(wrong_rank, 1.0)]):
+            pass
+    oft = tmp_path / "oft.safetensors"
+    save_state_dict({f"{name}.oft_blocks": torch.zeros(4, 8, 8)}, oft)
+    with pytest.raises(IncompatibleModelError, match="is a OFT network"):
+        with applied_loras(sd15, [(oft, 1.0)]):
+            pass

@@ -164,7 +164,8 @@ def lora_targets(model: nn.Module) -> dict[str, Target]:
             width = block.attn.embed_dim
             for row, projection in enumerate(("q_proj", "k_proj", "v_proj")):
                 rows = slice(row * width, (row + 1) * width)
-                _add_text_encoder_target(targets, f"{layer}.self_attn.{projection}", Target(block.attn, "in_proj_weight", rows))
+                target = Target(block.attn, "in_proj_weight", rows)
+                _add_text_encoder_target(targets, f"{layer}.self_attn.{projection}", target)
             _add_text_encoder_target(targets, f"{layer}.self_attn.out_proj", Target(block.attn.out_proj, "weight"))
             _add_text_encoder_target(targets, f"{layer}.mlp.fc1", Target(block.mlp.c_fc, "weight"))
             _add_text_encoder_target(targets, f"{layer}.mlp.fc2", Target(block.mlp.c_proj, "weight"))

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imaginairy.errors import DeviceOutOfMemoryError
+from imaginairy.errors import DeviceOutOfMemoryError, ModelNotFoundError
 from imaginairy.schema import ImaginePrompt, ImagineResult
 
 logger = logging.getLogger(__name__)
@@ -22,8 +22,12 @@ def imagine(
     progress_callback=None,
     cancel_event: threading.Event | None = None,
     model_cache=None,
+    models_dir=None,
 ) -> Iterator[ImagineResult]:
     """Yield one ImagineResult per prompt, loading (and switching) models as the prompts name them.
+
+    Names of checkpoints, LoRAs and VAEs are looked up in the models folder `models_dir` (default:
+    $IMAGINAIRY_MODELS_DIR; see imaginairy.models.library).
 
     `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
     generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
@@ -31,24 +35,31 @@ def imagine(
     import torch
 
     from imaginairy.models.cache import shared_model_cache
+    from imaginairy.models.library import models_dir as library_folder
+    from imaginairy.models.lora import applied_loras
     from imaginairy.pipeline import generate, resolve_size
     from imaginairy.utils.devices import as_device, default_device
 
     device = as_device(device) if device is not None else default_device()
     cache = model_cache if model_cache is not None else shared_model_cache(device.type)
-    prompts = normalize_prompts(prompts)
+    folder = library_folder(models_dir)
+    prompts = [resolve_library_names(prompt, folder) for prompt in normalize_prompts(prompts)]
     fetch_weights_first(prompts)
     for prompt in prompts:
         prompt = resolve_runtime_settings(prompt, device)
         model = load_model(prompt, device, cache)
         logger.info("Generating 🖼 : %s", prompt_summary(resolve_size(prompt, model)))
         try:
-            yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device)
+            with applied_loras(model, [(lora.path_or_name, lora.weight) for lora in prompt.loras]):
+                result = generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event,
+                                  device=device)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceOutOfMemoryError(
                 f"{device} ran out of memory generating {prompt.width}x{prompt.height}px: try a smaller size, "
                 "--precision fp16 or --memory-mode low"
             ) from e
+        result.metadata.update(resource_metadata(prompt))
+        yield result
 
 
 def imagine_image_files(
@@ -90,10 +101,12 @@ def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
     from imaginairy.models.registry import resolve_model
     from imaginairy.models.weights import resolve_weights
 
+    from imaginairy.models.loading import resolve_checkpoint
+
     locations = set()
     for prompt in prompts:
         ensure_safety_available(prompt.safety_mode)
-        locations.add(resolve_model(prompt.model, prompt.model_config).weights)
+        resolve_checkpoint(resolve_model(prompt.model, prompt.model_config).weights)
         if prompt.upscale:
             locations.add(REALESRGAN_X4PLUS_WEIGHTS)
         if prompt.fix_faces:
@@ -104,6 +117,62 @@ def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
         blip_model_dir()
     if any(prompt.mask_prompt for prompt in prompts):
         clipseg_folder(clipseg_location())
+
+
+def resolve_library_names(prompt: ImaginePrompt, folder) -> ImaginePrompt:
+    """The prompt with the names of its checkpoint, LoRAs and VAE replaced by the files' paths (models folder
+    `folder`); a name that is nowhere raises ModelNotFoundError listing close matches."""
+    import dataclasses
+
+    from imaginairy.models import library
+    from imaginairy.models.registry import registered_models
+    from imaginairy.schema import LoRA
+
+    changes = {}
+    model_is_a_name = not Path(prompt.model).expanduser().exists() and "://" not in prompt.model
+    if prompt.model not in registered_models() and model_is_a_name and folder is not None:
+        try:
+            changes["model"] = str(library.find("checkpoints", prompt.model, folder))
+        except ModelNotFoundError:
+            pass  # the registry's error (naming the registered models) is the clearer one
+    if prompt.loras:
+        changes["loras"] = [LoRA(str(library.resolve("loras", lora.path_or_name, folder)), lora.weight)
+                            for lora in prompt.loras]  # fmt: skip
+    if prompt.vae is not None:
+        changes["vae"] = str(library.resolve("vae", prompt.vae, folder))
+    return dataclasses.replace(prompt, **changes) if changes else prompt
+
+
+def resource_metadata(prompt: ImaginePrompt) -> dict:
+    """The files that made the image, with their paths and A1111's hashes (cached on disk after the first time)."""
+    from imaginairy.models.library import file_hashes
+    from imaginairy.models.loading import resolve_checkpoint
+    from imaginairy.models.registry import resolve_model
+    from imaginairy.models.vae import sidecar_vae
+
+    checkpoint = resolve_checkpoint(resolve_model(prompt.model, prompt.model_config).weights)
+    resources = {}
+    if checkpoint.is_file():
+        hashes = file_hashes(checkpoint)
+        resources["model_file"] = {"path": str(checkpoint), "sha256": hashes.sha256, "hash": hashes.model_hash}
+    vae = prompt.vae or sidecar_vae(checkpoint)
+    if vae is not None:
+        hashes = file_hashes(vae)
+        resources["vae_file"] = {"path": str(vae), "sha256": hashes.sha256, "hash": hashes.model_hash}
+    resources["lora_files"] = [
+        {"path": lora.path_or_name, "weight": lora.weight, "alias": lora_alias(lora.path_or_name),
+         "hash": file_hashes(lora.path_or_name).lora_hash, "sha256": file_hashes(lora.path_or_name).sha256}
+        for lora in prompt.loras
+    ]  # fmt: skip
+    return resources
+
+
+def lora_alias(path: str) -> str:
+    """The name A1111 shows for a LoRA: the training output name in its metadata (`ss_output_name`), else the
+    file's stem."""
+    from imaginairy.models.weights import safetensors_metadata
+
+    return safetensors_metadata(path).get("ss_output_name") or Path(path).stem
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:
@@ -142,18 +211,20 @@ def load_model(prompt: ImaginePrompt, device, cache):
     moving each submodel to `device` while it runs."""
     import torch
 
-    from imaginairy.models.loading import load_diffusion_model
+    from imaginairy.models.loading import load_diffusion_model, resolve_checkpoint
     from imaginairy.models.registry import resolve_model
-    from imaginairy.models.weights import resolve_weights
 
     spec = resolve_model(prompt.model, prompt.model_config)
     dtype = getattr(torch, PRECISION_DTYPES[resolve_runtime_settings(prompt, device).precision])
     if prompt.memory_mode == "low":
         device = "cpu"
-    key = (spec.weights, str(spec.config_path), str(device), dtype)
+    key = (spec.weights, str(spec.config_path), str(device), dtype, prompt.vae)
     # the weights file's size bounds the loaded model's (a float32 file loaded in 16 bits takes half)
-    expected_bytes = resolve_weights(spec.weights).stat().st_size
-    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype), expected_bytes)
+    checkpoint = resolve_checkpoint(spec.weights)
+    expected_bytes = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() \
+        else checkpoint.stat().st_size  # fmt: skip
+    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype, vae=prompt.vae),
+                     expected_bytes)
 
 
 class ProgressBar:

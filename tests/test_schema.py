@@ -163,6 +163,8 @@ def test_defaults():
         "tile_mode": "",
         "model": None,
         "model_config": None,
+        "loras": (),
+        "vae": None,
         "precision": "auto",
         "memory_mode": "high",
         **ENHANCE_AND_EDIT_DEFAULTS,
@@ -377,6 +379,8 @@ def test_to_metadata(image_path):
         "tile_mode": "",
         "model": "sd-1.5",
         "model_config": None,
+        "loras": [],
+        "vae": None,
         "precision": "auto",
         **ENHANCE_AND_EDIT_DEFAULTS,
     }

@@ -98,10 +98,9 @@ def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
     from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
     from imaginairy.masking.clipseg import clipseg_folder
     from imaginairy.masking.inpaint import clipseg_location
+    from imaginairy.models.loading import resolve_checkpoint
     from imaginairy.models.registry import resolve_model
     from imaginairy.models.weights import resolve_weights
-
-    from imaginairy.models.loading import resolve_checkpoint
 
     locations = set()
     for prompt in prompts:

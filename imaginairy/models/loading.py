@@ -9,7 +9,7 @@ import torch
 
 from imaginairy.errors import IncompatibleModelError, ModelLoadError
 from imaginairy.models.registry import CONFIGS_DIR, ModelSpec
-from imaginairy.models.weights import load_state_dict, resolve_weights
+from imaginairy.models.weights import resolve_weights
 from imaginairy.modules.diffusion import TEXT_ENCODERS, LatentDiffusion, build_latent_diffusion
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ CONTEXT_DIM_CONFIGS = {768: "sd-v1", 1024: "sd-v2"}
 
 
 def _unet_context_dim(state_dict: dict) -> int | None:
-    key = next((k for k in state_dict if k.startswith("model.diffusion_model.") and k.endswith("attn2.to_k.weight")), None)
+    unet_keys = (k for k in state_dict if k.startswith("model.diffusion_model."))
+    key = next((k for k in unet_keys if k.endswith("attn2.to_k.weight")), None)
     return state_dict[key].shape[1] if key else None
 
 

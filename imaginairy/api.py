@@ -159,19 +159,11 @@ def resource_metadata(prompt: ImaginePrompt) -> dict:
         hashes = file_hashes(vae)
         resources["vae_file"] = {"path": str(vae), "sha256": hashes.sha256, "hash": hashes.model_hash}
     resources["lora_files"] = [
-        {"path": lora.path_or_name, "weight": lora.weight, "alias": lora_alias(lora.path_or_name),
+        {"path": lora.path_or_name, "weight": lora.weight, "name": Path(lora.path_or_name).stem,
          "hash": file_hashes(lora.path_or_name).lora_hash, "sha256": file_hashes(lora.path_or_name).sha256}
         for lora in prompt.loras
     ]  # fmt: skip
     return resources
-
-
-def lora_alias(path: str) -> str:
-    """The name A1111 shows for a LoRA: the training output name in its metadata (`ss_output_name`), else the
-    file's stem."""
-    from imaginairy.models.weights import safetensors_metadata
-
-    return safetensors_metadata(path).get("ss_output_name") or Path(path).stem
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:

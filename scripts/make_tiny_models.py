@@ -197,6 +197,55 @@ def make_tiny_loras(outdir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def make_tiny_variants(outdir: str | Path, tiny_sd15: Path) -> dict[str, Path]:
+    """tiny-sd15 in the other layouts in circulation (each with the tiny yaml beside it), and a tiny VAE:
+
+    fp16 / bf16 files, a .ckpt without the state_dict wrapper, text encoder keys without `text_model.`, EMA-only
+    (UNet under CompVis' `model_ema.*` names) and EMA + non-EMA (the EMA copy differs) files, a file without VAE and
+    one without text encoder; a VAE with other random weights as bare keys (`encoder.*`, like
+    vae-ft-mse-840000-ema-pruned, plus its training-only `loss.*` key) and with `first_stage_model.*` keys; and a
+    checkpoint with that VAE beside it as NAME.vae.safetensors.
+    """
+    import shutil
+
+    from imaginairy.models.weights import load_state_dict
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    base = {k: v.clone() for k, v in load_state_dict(tiny_sd15).items()}
+    config = tiny_sd15.with_suffix(".yaml")
+    unet = {k: v for k, v in base.items() if k.startswith("model.diffusion_model.")}
+    ema = {"model_ema." + k[len("model."):].replace(".", ""): v for k, v in unet.items()}
+    others = {k: v for k, v in base.items() if k not in unet}
+    generator = torch.Generator().manual_seed(21)
+    vae = {k[len("first_stage_model."):]: v + 0.05 * torch.randn(v.shape, generator=generator)
+           for k, v in base.items() if k.startswith("first_stage_model.")}
+    flat_clip = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+                 for k, v in base.items()}
+    variants = {
+        "fp16": ({k: v.half() if v.is_floating_point() else v for k, v in base.items()}, ".safetensors"),
+        "bf16": ({k: v.bfloat16() if v.is_floating_point() else v for k, v in base.items()}, ".safetensors"),
+        "unwrapped": (base, ".pt"),
+        "flat-clip": (flat_clip, ".safetensors"),
+        "ema-only": ({**ema, **others}, ".safetensors"),
+        "ema-and-non-ema": ({**{k: v + 1 for k, v in ema.items()}, **base}, ".safetensors"),
+        "no-vae": ({k: v for k, v in base.items() if not k.startswith("first_stage_model.")}, ".safetensors"),
+        "no-text-encoder": ({k: v for k, v in base.items() if not k.startswith("cond_stage_model.")}, ".safetensors"),
+        "sidecar": (base, ".safetensors"),
+    }
+    paths = {}
+    for name, (state_dict, suffix) in variants.items():
+        paths[name] = outdir / f"tiny-sd15-{name}{suffix}"
+        save_state_dict(state_dict, paths[name])
+        shutil.copy(config, paths[name].with_suffix(".yaml"))
+    paths["vae"] = outdir / "tiny-vae.safetensors"
+    save_state_dict({**vae, "model_ema.decay": torch.tensor(0.9999), "loss.logvar": torch.zeros(())}, paths["vae"])
+    paths["vae-compvis"] = outdir / "tiny-vae-compvis.ckpt"
+    save_state_dict({"first_stage_model." + k: v for k, v in vae.items()}, paths["vae-compvis"])
+    save_state_dict(vae, outdir / "tiny-sd15-sidecar.vae.safetensors")
+    return paths
+
+
 def make_tiny_models(outdir: str | Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,14 @@ def tiny_loras(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_loras(tmp_path_factory.mktemp("tiny-loras"))
 
 
+@pytest.fixture(scope="session")
+def tiny_variants(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """tiny-sd15 in other checkpoint layouts, and a tiny VAE (scripts/make_tiny_models.py make_tiny_variants)."""
+    from make_tiny_models import make_tiny_variants
+
+    return make_tiny_variants(tmp_path_factory.mktemp("tiny-variants"), tiny_models["tiny-sd15"])
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """A static file server on 127.0.0.1 serving `tmp_path/www`; yields (base_url, directory)."""

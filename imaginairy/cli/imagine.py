@@ -63,6 +63,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
               f"[default: {DEFAULT_MODEL}; with a mask or --outpaint: {DEFAULT_EDIT_MODEL}].")
 @click.option("--model-config", type=click.Path(dir_okay=False),
               help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
+@click.option("--lora", "loras", multiple=True, metavar="PATH_OR_NAME[:WEIGHT]",
+              help="Merge a LoRA file (a path, or a name in MODELS_DIR/loras) at WEIGHT (-10..10, default 1); "
+                   "repeatable. Prompts may also say <lora:NAME:WEIGHT>.")
+@click.option("--vae", help="A VAE file (a path, or a name in MODELS_DIR/vae) replacing the checkpoint's.")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="Folder with checkpoints/, loras/, embeddings/, vae/ where names are looked up "
+                   "[default: $IMAGINAIRY_MODELS_DIR].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,
               help="Number format of the computation; auto: bf16 where the CPU or GPU computes it natively, else full.")
 @click.option("--memory-mode", type=click.Choice(MEMORY_MODES), default=DEFAULTS["memory_mode"], show_default=True,
@@ -80,7 +87,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
 def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, mask_prompt,
                 mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
-                height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
+                height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, loras, vae, models_dir,
+                precision,
                 memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
@@ -114,6 +122,8 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
                 tile_mode=tile_mode or "",
                 model=model,
                 model_config=model_config,
+                loras=[lora_option(option) for option in loras],
+                vae=vae,
                 precision=precision,
                 memory_mode=memory_mode,
                 fix_faces=fix_faces,
@@ -127,7 +137,20 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
         ]
         from imaginairy.api import imagine_image_files
 
-        imagine_image_files(prompts, outdir, output_file_extension=output_file_extension, show_progress=not quiet)
+        imagine_image_files(prompts, outdir, output_file_extension=output_file_extension, show_progress=not quiet,
+                            models_dir=models_dir)
+
+
+def lora_option(option: str):
+    """`--lora PATH_OR_NAME[:WEIGHT]` -> LoRA (a last `:part` that is not a number belongs to the name)."""
+    from imaginairy.schema import LoRA
+
+    name, _, weight_text = option.rpartition(":")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        return LoRA(option)
+    return LoRA(name, weight) if name else LoRA(option)
 
 
 class EchoHandler(logging.Handler):

@@ -30,6 +30,7 @@ VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 EMA_PREFIX = "model_ema."
 COMPONENT_PREFIXES = (UNET_PREFIX, VAE_PREFIX, "cond_stage_model.")
+SD2_CONTEXT_DIM = 1024  # OpenCLIP ViT-H's width, the UNet's cross-attention context in SD 2.x
 FLAT_CLIP_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
 # key prefixes of the families imaginairy does not load, and their names
 OTHER_ARCHITECTURE_KEYS = {
@@ -90,7 +91,7 @@ def _compvis_from_diffusers_parts(parts: dict[str, dict], name: str) -> dict[str
     from imaginairy.models.vae import compvis_vae_from_diffusers
 
     text_encoder = parts.get("text_encoder", {})
-    if any(".self_attn.q_proj." in k for k in text_encoder) and text_encoder_width(text_encoder) != 768:
+    if _context_dim(parts.get("unet", {})) == SD2_CONTEXT_DIM:
         raise IncompatibleModelError(
             f"{name}: diffusers-format SD 2.x (OpenCLIP) checkpoints are not converted; use the single-file"
             " .safetensors release of the model"
@@ -104,8 +105,8 @@ def _compvis_from_diffusers_parts(parts: dict[str, dict], name: str) -> dict[str
     return state_dict
 
 
-def text_encoder_width(text_encoder: dict) -> int:
-    return next(v.shape[-1] for k, v in text_encoder.items() if k.endswith("token_embedding.weight"))
+def _context_dim(unet: dict) -> int | None:
+    return next((v.shape[1] for k, v in unet.items() if k.endswith("attn2.to_k.weight")), None)
 
 
 def compvis_unet_from_diffusers(unet: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -137,7 +138,7 @@ def _unet_skeleton_from_diffusers(unet: dict[str, torch.Tensor]) -> torch.nn.Mod
     res_blocks = 1 + max(int(k.split(".")[3]) for k in unet if k.startswith("down_blocks.0.resnets."))
     widths = [unet[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)]
     attention_levels = [2**i for i in range(levels) if f"down_blocks.{i}.attentions.0.proj_in.weight" in unet]
-    context = next(v.shape[1] for k, v in unet.items() if k.endswith("attn2.to_k.weight"))
+    context = _context_dim(unet)
     linear = unet[next(k for k in unet if k.endswith("proj_in.weight"))].ndim == 2
     with torch.device("meta"):
         return UNetModel(

@@ -259,22 +259,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _load_torch_checkpoint(path)
 
 
-def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The `__metadata__` strings of a safetensors file's header ({} for other files or none)."""
-    import json
-
-    path = Path(path)
-    if not _is_safetensors_file(path):
-        return {}
-    try:
-        with path.open("rb") as file:
-            header = json.loads(file.read(int.from_bytes(file.read(SAFETENSORS_LENGTH_BYTES), "little")))
-    except (OSError, ValueError):
-        return {}
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write {name: tensor} to `path`: `.safetensors` with safetensors, `.ckpt` as {"state_dict": ...} like
     CompVis checkpoints, `.pt` / `.pth` / `.bin` as the plain dict."""

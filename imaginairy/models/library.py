@@ -65,8 +65,8 @@ def find(kind: str, name: str, root: Path | None) -> Path:
     """The file of `kind` called `name` (stem or sub-path, any case; a suffix may be given). Raises
     ModelNotFoundError listing the closest names in the folder."""
     files = list_files(kind, root)
-    wanted = Path(name).with_suffix("").as_posix().lower() if Path(name).suffix.lower() in KIND_SUFFIXES[kind] \
-        else name.lower()  # fmt: skip
+    given = Path(name)
+    wanted = (given.with_suffix("") if given.suffix.lower() in KIND_SUFFIXES[kind] else given).as_posix().lower()
     names = {path: file_name(kind, root, path) for path in files}
     for path, full_name in names.items():
         if wanted in (full_name.lower(), path.stem.lower()):

@@ -197,3 +197,50 @@ def test_bad_lora_files(tmp_path, sd15, tiny_loras):
     with pytest.raises(IncompatibleModelError, match="is a OFT network"):
         with applied_loras(sd15, [(oft, 1.0)]):
             pass
+
+
+LYCORIS_LAYERS = {"lin": "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                  "conv": "lora_unet_down_blocks_0_resnets_0_conv1"}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_lycoris_loha_and_lokr_merge_as_peft_does(tmp_path, sd15, kind):
+    """PEFT's LoHa / LoKr layers (an independent implementation of the LyCORIS formulas), on copies of two of our
+    layers (a linear and a 3x3 convolution), merged by PEFT; the same tensors in a LyCORIS file merged by us."""
+    from peft import LoHaConfig, LoKrConfig, get_peft_model
+    from torch import nn
+
+    to_q = sd15.unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q
+    conv1 = sd15.unet.input_blocks[1][0].in_layers[2]
+
+    class Layers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(32, 32, bias=False)
+            self.conv = nn.Conv2d(32, 32, 3, padding=1)
+
+    layers = Layers()
+    with torch.no_grad():
+        layers.lin.weight.copy_(to_q.weight)
+        layers.conv.weight.copy_(conv1.weight)
+    alpha = 3.0
+    config = (LoHaConfig(r=2, alpha=alpha, target_modules=["lin", "conv"]) if kind == "loha" else
+              LoKrConfig(r=2, alpha=alpha, decompose_both=True, decompose_factor=8, target_modules=["lin", "conv"]))
+    wrapped = get_peft_model(layers, config)
+    generator = torch.Generator().manual_seed(9)
+    state_dict = {}
+    for name, param in wrapped.named_parameters():
+        if "base_layer" in name:
+            continue
+        with torch.no_grad():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        layer, tensor_name = name.split(".")[2], name.split(".")[3]
+        state_dict[f"{LYCORIS_LAYERS[layer]}.{tensor_name}"] = param.detach().clone()
+    for layer in LYCORIS_LAYERS.values():
+        state_dict[f"{layer}.alpha"] = torch.tensor(alpha)
+    merged = wrapped.merge_and_unload()
+    save_state_dict(state_dict, tmp_path / f"{kind}.safetensors")
+    with applied_loras(sd15, [(tmp_path / f"{kind}.safetensors", 1.0)]):
+        torch.testing.assert_close(to_q.weight, merged.lin.weight, atol=1e-5, rtol=0)
+        torch.testing.assert_close(conv1.weight, merged.conv.weight, atol=1e-5, rtol=0)
+    assert (merged.lin.weight - to_q.weight).abs().max() > 0.01  # (to_q restored) the update is real

@@ -244,3 +244,28 @@ def test_lycoris_loha_and_lokr_merge_as_peft_does(tmp_path, sd15, kind):
         torch.testing.assert_close(to_q.weight, merged.lin.weight, atol=1e-5, rtol=0)
         torch.testing.assert_close(conv1.weight, merged.conv.weight, atol=1e-5, rtol=0)
     assert (merged.lin.weight - to_q.weight).abs().max() > 0.01  # (to_q restored) the update is real
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_text_encoder_lora_matches_diffusers(tiny_loras, sd15, weight):
+    """diffusers' `load_lora_into_text_encoder` on a copy of our (Hugging Face) CLIP text model, from the same kohya
+    file: the prompt embeddings agree to float tolerance."""
+    import copy
+
+    from diffusers.utils import scale_lora_layers
+
+    from imaginairy.modules.tokenizer import tokenize
+
+    path = tiny_loras["kohya-sd15"]
+    text_model = copy.deepcopy(sd15.cond_stage_model.transformer.text_model)
+    state_dict, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+    StableDiffusionPipeline.load_lora_into_text_encoder(state_dict, alphas, text_model, prefix="text_encoder")
+    scale_lora_layers(text_model, weight)  # what diffusers' encode_prompt does with a lora_scale
+    token_ids = tokenize(["a red apple"], pad_token=sd15.cond_stage_model.pad_token, max_length=77)
+    with torch.inference_mode():
+        expected = text_model(input_ids=token_ids).last_hidden_state
+        plain = sd15.cond_stage_model(["a red apple"])
+    with applied_loras(sd15, [(path, weight)]), torch.inference_mode():
+        ours = sd15.cond_stage_model(["a red apple"])
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    assert (ours - plain).abs().max() > 0.1

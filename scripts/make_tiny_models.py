@@ -178,7 +178,7 @@ def peft_lora(layers, prefix: str, seed: int) -> dict[str, torch.Tensor]:
 def make_tiny_loras(outdir: str | Path) -> dict[str, Path]:
     """Tiny LoRAs for tiny-sd15 (kohya: UNet linear + 1x1/3x3 conv layers + text encoder; a second kohya one on
     other layers; PEFT: UNet linear + conv), for tiny-sd21-v (kohya, linear projections + OpenCLIP text encoder)
-    and an SDXL-named one (kohya `lora_te1_` keys)."""
+    and an SDXL-named one (kohya `lora_te1_` + `lora_te2_` keys)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -188,7 +188,8 @@ def make_tiny_loras(outdir: str | Path) -> dict[str, Path]:
         "peft-sd15": peft_lora(TINY_SD15_LORA_LAYERS[2:14:2], "unet.", 14),
         "kohya-sd21": {**kohya_lora(TINY_SD21_LORA_LAYERS, "lora_unet_", 15),
                        **kohya_lora(TINY_SD21_TEXT_LORA_LAYERS, "lora_te_", 16)},
-        "kohya-sdxl": kohya_lora([("text_model.encoder.layers.0.self_attn.q_proj", 32, 32, 0)], "lora_te1_", 17),
+        "kohya-sdxl": {**kohya_lora([("text_model.encoder.layers.0.self_attn.q_proj", 32, 32, 0)], "lora_te1_", 17),
+                       **kohya_lora([("text_model.encoder.layers.0.self_attn.q_proj", 32, 32, 0)], "lora_te2_", 18)},
     }
     paths = {}
     for name, state_dict in files.items():

@@ -7,11 +7,13 @@ copied: the parameter objects themselves), so taking the LoRAs out puts back the
 prompt without LoRAs computes bit for bit what a fresh process computes.
 
 Key layouts read (facts from diffusers' `loaders/lora_conversion_utils.py` and AUTOMATIC1111's
-`extensions-builtin/Lora/networks.py`, `network_lora.py`, `network_hada.py`, `network_lokr.py`):
+`extensions-builtin/Lora/networks.py`, `lora_convert.py`, `network_lora.py`, `network_hada.py`, `network_lokr.py`):
 
 - kohya / A1111: `lora_unet_<diffusers module path with "_" for ".">.lora_down.weight` / `.lora_up.weight` /
   `.alpha` (also the sgm/CompVis spelling `lora_unet_input_blocks_1_1_...` that kohya writes for SDXL), text encoder
-  `lora_te_text_model_encoder_layers_0_self_attn_q_proj...` (`lora_te1_` / `lora_te2_`: the two SDXL encoders);
+  `lora_te_text_model_encoder_layers_0_self_attn_q_proj...` (`lora_te1_` / `lora_te2_`: the two SDXL encoders; SD 2's
+  OpenCLIP encoder is addressed by the same CLIP names: q/k/v_proj = rows of `attn.in_proj_weight`, mlp_fc1/fc2 =
+  `mlp.c_fc` / `mlp.c_proj`);
   convolution LoRAs (LoCon) have 4-d `lora_down` (k x k) and `lora_up` (1 x 1), optionally a Tucker `lora_mid`.
 - LyCORIS LoHa (`hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b`): update (w1_a @ w1_b) * (w2_a @ w2_b), r =
   w1_b rows; LoKr (`lokr_w1` or `lokr_w1_a`/`_b`, `lokr_w2` or `lokr_w2_a`/`_b`): update kron(w1, w2), r = the
@@ -63,8 +65,9 @@ UNSUPPORTED_KINDS = {
 }  # fmt: skip
 # the cross-attention context width of each family, seen in the key/value projections' inputs
 CONTEXT_DIM_ARCHITECTURES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.", "te1_", "te2_")
-CLIP_TE_PREFIXES = ("lora_te_", "text_encoder.", "te_")
+# `lora_te1_` alone is no proof of SDXL: some SD 1 LoRAs name their one text encoder so (A1111's lora_convert.py
+# falls back to the SD 1 encoder for them); a second encoder is
+SDXL_PREFIXES = ("lora_te2_", "text_encoder_2.")
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,8 @@ def lora_targets(model: nn.Module) -> dict[str, Target]:
 
 def _add_text_encoder_target(targets: dict[str, Target], hf_name: str, target: Target) -> None:
     targets[f"text_encoder.{hf_name}"] = target
-    targets["lora_te_" + hf_name.replace(".", "_")] = target
+    for prefix in ("lora_te_", "lora_te1_"):
+        targets[prefix + hf_name.replace(".", "_")] = target
 
 
 def diffusers_unet_module_names(unet: nn.Module) -> dict[str, str]:
@@ -234,15 +238,21 @@ def diffusers_unet_module_names(unet: nn.Module) -> dict[str, str]:
     return names
 
 
-def layer_update(name: str, tensors: dict[str, torch.Tensor], target_shape: torch.Size, source: str) -> torch.Tensor:
-    """The float32 update of one layer's weight at multiplier 1: (alpha / rank) * the product the file stores."""
+def layer_update(
+    name: str, tensors: dict[str, torch.Tensor], target_shape: torch.Size, source: str, multiplier: float = 1.0
+) -> torch.Tensor:
+    """The float32 update of one layer's weight: multiplier * (alpha / rank) * the product the file stores."""
     t = {kind: tensor.float() for kind, tensor in tensors.items()}
     if "down" in t and "up" in t:
         rank = t["down"].shape[0]
+        scale = multiplier * (t["alpha"].item() / rank if "alpha" in t else 1.0)
+        up = t["up"].flatten(1) * scale  # the scale applied to the small factor
         if "mid" in t:  # Tucker LoCon: up (1x1) . mid (k x k, rank -> rank) . down (1x1)
-            product = torch.einsum("ijkl,jr,pi->prkl", t["mid"], t["down"].flatten(1), t["up"].flatten(1))
+            product = torch.einsum("ijkl,jr,pi->prkl", t["mid"], t["down"].flatten(1), up)
         else:
-            product = t["up"].flatten(1) @ t["down"].flatten(1)
+            product = up @ t["down"].flatten(1)
+        _check_size(product, target_shape, name, source)
+        return product.reshape(target_shape)
     elif "hada_w1_a" in t:
         rank = t["hada_w1_b"].shape[0]
         product = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
@@ -258,17 +268,22 @@ def layer_update(name: str, tensors: dict[str, torch.Tensor], target_shape: torc
             rank = 1
     else:
         raise ModelLoadError(f"{source}: layer {name} has only {', '.join(sorted(t))}; the file is incomplete")
+    _check_size(product, target_shape, name, source)
+    scale = multiplier * (t["alpha"].item() / rank if "alpha" in t else 1.0)
+    return product.reshape(target_shape) * scale
+
+
+def _check_size(product: torch.Tensor, target_shape: torch.Size, name: str, source: str) -> None:
     if product.numel() != target_shape.numel():
         raise IncompatibleModelError(
             f"{source}: layer {name} has shape {tuple(product.shape)}, the model's has {tuple(target_shape)}"
         )
-    scale = t["alpha"].item() / rank if "alpha" in t else 1.0
-    return product.reshape(target_shape) * scale
 
 
-def lora_updates(model: nn.Module, path: str | os.PathLike, weight: float) -> list[tuple[Target, torch.Tensor]]:
-    """The (target, weighted update) pairs of one LoRA file for `model`. Raises IncompatibleModelError, naming
-    both architectures, for a LoRA made for another family, and for layers the model does not have."""
+def lora_layers_for_model(model: nn.Module, path: str | os.PathLike) -> list[tuple[Target, str, dict]]:
+    """The layers of one LoRA file with their targets in `model`: [(target, layer name, tensors)]. Raises
+    IncompatibleModelError, naming both architectures, for a LoRA made for another family, and for layers the model
+    does not have."""
     path = Path(path)
     layers = read_lora_layers(path)
     ours, theirs = model_architecture(model), lora_architecture(layers)
@@ -281,42 +296,53 @@ def lora_updates(model: nn.Module, path: str | os.PathLike, weight: float) -> li
             f"LoRA {path.name} changes {len(missing)} layers the model ({ours}) does not have, e.g. {missing[0]};"
             f" it is made for {theirs or 'another architecture'}"
         )
-    updates = []
-    for name, tensors in layers.items():
-        target = targets[name]
-        try:
-            update = layer_update(name, tensors, target.shape, f"LoRA {path.name}")
-        except IncompatibleModelError as error:
-            raise IncompatibleModelError(f"{error}: it is not made for {ours} models like this one") from error
-        updates.append((target, update * weight))
-    return updates
+    return [(targets[name], name, tensors) for name, tensors in layers.items()]
 
 
 @contextlib.contextmanager
 def applied_loras(model: nn.Module, loras: Iterable[tuple[str | os.PathLike, float]]) -> Iterator[None]:
     """Runs the block with each (LoRA file, weight) merged into `model`'s weights; afterwards the model holds its
-    original parameter objects again (bit-identical, nothing re-read). Several LoRAs add up."""
+    original parameter objects again (bit-identical, nothing re-read). Several LoRAs add up.
+
+    One parameter at a time: its updates (one per LoRA touching it) are computed, added into a new tensor laid out
+    like the original (channels-last kernels stay so), and dropped, so memory grows by the touched layers' size.
+    """
     loras = list(loras)
     if not loras:
         yield
         return
-    totals: dict[tuple[int, str], tuple[Target, dict]] = {}
+    plan: dict[tuple[int, str], list] = {}
     for path, weight in loras:
-        for target, update in lora_updates(model, path, weight):
-            _target, parts = totals.setdefault((id(target.module), target.param_name), (target, {}))
-            key = (target.rows.start, target.rows.stop) if target.rows is not None else None
-            parts[key] = parts[key] + update if key in parts else update
+        source = f"LoRA {Path(path).name}"
+        for target, name, tensors in lora_layers_for_model(model, path):
+            plan.setdefault((id(target.module), target.param_name), []).append((target, name, tensors, weight, source))
+    ours = model_architecture(model)
     originals = []
     try:
-        for target, parts in totals.values():
-            original = getattr(target.module, target.param_name)
-            originals.append((target.module, target.param_name, original))
-            merged = original.float().clone()  # clone keeps the memory format (channels-last kernels)
-            for rows, update in parts.items():
-                view = merged if rows is None else merged[slice(*rows)]
-                view += update.to(merged.device)
-            new = merged if original.dtype == torch.float32 else torch.empty_like(original).copy_(merged)
-            setattr(target.module, target.param_name, nn.Parameter(new, requires_grad=False))
+        for entries in plan.values():
+            module, param_name = entries[0][0].module, entries[0][0].param_name
+            original = getattr(module, param_name)
+            total = None
+            for target, name, tensors, weight, source in entries:
+                try:
+                    update = layer_update(name, tensors, target.shape, source, weight).to(original.device)
+                except IncompatibleModelError as error:
+                    raise IncompatibleModelError(f"{error}: it is not made for {ours} models like this one") from error
+                if total is None and target.rows is None:
+                    total = update
+                    continue
+                if total is None:
+                    total = torch.zeros(original.shape, dtype=torch.float32, device=original.device)
+                view = total if target.rows is None else total[target.rows]
+                view += update
+            new = torch.empty_like(original)  # the original's memory format
+            if original.dtype == torch.float32:
+                torch.add(original, total, out=new)
+            else:
+                new.copy_(original.float().add_(total))
+            del total
+            originals.append((module, param_name, original))
+            setattr(module, param_name, nn.Parameter(new, requires_grad=False))
         logger.info("merged %d LoRA(s) into %d layers", len(loras), len(originals))
         yield
     finally:

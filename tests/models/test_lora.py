@@ -269,3 +269,14 @@ def test_text_encoder_lora_matches_diffusers(tiny_loras, sd15, weight):
         ours = sd15.cond_stage_model(["a red apple"])
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
     assert (ours - plain).abs().max() > 0.1
+
+
+def test_sd1_lora_with_te1_names_merges_like_te(tmp_path, tiny_loras, sd15):
+    """Some SD 1 LoRAs call their one text encoder `lora_te1_` (A1111 falls back to the SD 1 encoder for them)."""
+    kohya = load_state_dict(tiny_loras["kohya-sd15"])
+    renamed = {k.replace("lora_te_", "lora_te1_"): v for k, v in kohya.items()}
+    save_state_dict(renamed, tmp_path / "te1.safetensors")
+    with applied_loras(sd15, [(tiny_loras["kohya-sd15"], 1.0)]):
+        expected = {k: v.clone() for k, v in sd15.state_dict().items()}
+    with applied_loras(sd15, [(tmp_path / "te1.safetensors", 1.0)]):
+        assert all(torch.equal(v, expected[k]) for k, v in sd15.state_dict().items())

@@ -112,3 +112,24 @@ def test_cli_lora_option(tiny_models, tmp_path, models_dir):
                                               "--lora", str(wrong_architecture)])
     assert result.exit_code == 2
     assert "is made for SD 1.x models; the model in use is SD 2.x" in result.output
+
+
+def test_checkpoint_and_vae_by_name_and_vae_in_the_infotext(tmp_path, tiny_models, tiny_variants):
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "vae").mkdir()
+    shutil.copy(tiny_models["tiny-sd15"], root / "checkpoints" / "dreamshaper_8.safetensors")
+    shutil.copy(tiny_models["tiny-sd15"].with_suffix(".yaml"), root / "checkpoints" / "dreamshaper_8.yaml")
+    shutil.copy(tiny_variants["vae"], root / "vae" / "vae-ft-mse.safetensors")
+    cache = ModelCache(max_bytes=2**30)
+    by_name = next(imagine(ImaginePrompt("a cat", model="dreamshaper_8", vae="vae-ft-mse", steps=2, seed=5,
+                                         safety_mode="off"), device="cpu", model_cache=cache, models_dir=root))
+    by_path = next(imagine(ImaginePrompt("a cat", model=str(tiny_models["tiny-sd15"]), vae=str(tiny_variants["vae"]),
+                                         steps=2, seed=5, safety_mode="off"), device="cpu", model_cache=cache))
+    assert by_name.img.tobytes() == by_path.img.tobytes()
+    vae_hash = file_hashes(root / "vae" / "vae-ft-mse.safetensors").model_hash
+    assert f"VAE hash: {vae_hash}, VAE: vae-ft-mse.safetensors" in a1111_parameters(by_name.metadata)
+    assert by_name.metadata["vae_file"]["path"] == str((root / "vae" / "vae-ft-mse.safetensors").resolve())
+    with pytest.raises(ModelNotFoundError, match="no vae named 'vae-ft-mse-840000'.*did you mean vae-ft-mse"):
+        next(imagine(ImaginePrompt("a cat", model="dreamshaper_8", vae="vae-ft-mse-840000", safety_mode="off"),
+                     device="cpu", model_cache=cache, models_dir=root))

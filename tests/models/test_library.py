@@ -7,11 +7,13 @@ import os
 import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from imaginairy.cli.aimg import aimg
 from imaginairy.errors import ModelNotFoundError
 from imaginairy.models import library
+from imaginairy.models.weights import save_state_dict
 
 
 @pytest.fixture
@@ -28,6 +30,9 @@ def folder(tmp_path, tiny_models, tiny_loras, tiny_variants):
     shutil.copy(tiny_loras["peft-sd15"], root / "loras" / "styles" / "Film_Grain.safetensors")
     shutil.copy(tiny_loras["kohya-sdxl"], root / "loras" / "xl_thing.safetensors")
     shutil.copy(tiny_variants["vae"], root / "vae" / "vae-ft-mse.safetensors")
+    torch.save({"string_to_param": {"*": torch.zeros(2, 768)}, "name": "easynegative"},
+               root / "embeddings" / "easynegative.pt")  # A1111's .pt layout
+    save_state_dict({"emb_params": torch.zeros(1, 1024)}, root / "embeddings" / "sd2-style.safetensors")
     return root
 
 
@@ -93,3 +98,5 @@ def test_aimg_models_lists_architecture_size_and_hash(folder):
     assert "SD 1.x" in lines["styles/Film_Grain"]
     assert "SDXL" in lines["xl_thing"]
     assert "VAE (CompVis)" in lines["vae-ft-mse"]
+    assert "SD 1.x" in lines["easynegative"]
+    assert "SD 2.x" in lines["sd2-style"]

@@ -17,9 +17,10 @@ Parts (`--only`, repeatable; default all):
 - startup: wall time of `imagine --help`.
 - load:    our load of the saved SD-1.5-sized .safetensors checkpoint, against reading the file's bytes.
 - vae2048: peak memory of our VAE decode of a 2048x2048 image (decoded in tiles).
-- lora:    two SD-1.5-sized LoRAs (rank 32, kohya layout: every transformer and text-encoder linear; the second
-           also every ResBlock 3x3 convolution, LoCon) merged into our fp32 model and taken out again (wall time,
-           median of --repeats), peak memory over the plain model, and one UNet CFG step with and without them.
+- lora:    SD-1.5-sized LoRAs in the kohya layout merged into our fp32 model and taken out again (wall time, median
+           of --repeats) and peak memory over the plain model: two LoRAs on every transformer and text-encoder linear
+           (ranks 32 and 16, kohya's default network), and one of them with a LoCon (rank 32, also every ResBlock 3x3
+           convolution: nearly all the UNet's weights); one UNet CFG step with and without the first pair.
 - kernels: our CPU linear and attention against PyTorch's F.linear and F.scaled_dot_product_attention (what
            diffusers calls) at the shapes of one SD-1.5 CFG step at 512x512, random inputs, min of 5 calls.
 
@@ -52,7 +53,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 PARTS = ("unet", "txt2img", "startup", "load", "vae2048", "kernels", "lora")
-LORA_RANK = 32
 WORKERS = {
     "fp32": [("ours", "fp32"), ("diffusers", "fp32")],
     "bf16": [("ours", "bf16"), ("diffusers", "bf16-autocast"), ("diffusers", "bf16")],
@@ -363,25 +363,28 @@ def random_loras(workdir: Path, model) -> list[Path]:
     from imaginairy.models.lora import lora_targets
     from imaginairy.models.weights import save_state_dict
 
-    paths = [workdir / "lora-attention.safetensors", workdir / "lora-locon.safetensors"]
+    files = {"lora-attention.safetensors": (32, False), "lora-attention-b.safetensors": (16, False),
+             "lora-locon.safetensors": (32, True)}  # fmt: skip
+    paths = [workdir / name for name in files]
     if all(p.exists() for p in paths):
         return paths
     generator = torch.Generator().manual_seed(5)
     kohya = {name: t for name, t in lora_targets(model).items() if name.startswith(("lora_unet_", "lora_te_"))}
-    for index, path in enumerate(paths):
+    for path, (rank, with_convolutions) in zip(paths, files.values()):
         state_dict, seen = {}, set()
         for name, target in kohya.items():
             convolution = isinstance(target.module, nn.Conv2d) and target.module.kernel_size != (1, 1)
             attention_or_text = "attentions" in name or name.startswith("lora_te_")
-            if (convolution and index == 0) or not (attention_or_text or convolution) or id(target.module) in seen:
+            wanted = attention_or_text or (convolution and with_convolutions)
+            if not wanted or id(target.module) in seen:
                 continue  # (a layer has a diffusers and an sgm name)
             seen.add(id(target.module))
             out_features, in_features, *kernel = target.shape
-            down_shape = (LORA_RANK, in_features, *kernel)
-            up_shape = (out_features, LORA_RANK, *([1] * len(kernel)))
+            down_shape = (rank, in_features, *kernel)
+            up_shape = (out_features, rank, *([1] * len(kernel)))
             state_dict[f"{name}.lora_down.weight"] = torch.randn(down_shape, generator=generator) * 0.01
             state_dict[f"{name}.lora_up.weight"] = torch.randn(up_shape, generator=generator) * 0.01
-            state_dict[f"{name}.alpha"] = torch.tensor(float(LORA_RANK // 2))
+            state_dict[f"{name}.alpha"] = torch.tensor(float(rank // 2))
         save_state_dict(state_dict, path)
     return paths
 
@@ -390,7 +393,7 @@ def lora_worker(spec: dict) -> None:
     """Time merging and removing two LoRAs; the UNet step with and without them; peak memory."""
     import torch
 
-    from imaginairy.models.lora import applied_loras
+    from imaginairy.models.lora import applied_loras, lora_layers_for_model
 
     workdir = Path(spec["workdir"])
     runner = OurRunner(workdir, "fp32")
@@ -415,9 +418,20 @@ def lora_worker(spec: dict) -> None:
                 lora_steps.append(time.perf_counter() - applied)
             removing = time.perf_counter()
         merge.append(applied - started + time.perf_counter() - removing)
+    pair_peak = peak_rss_mb()
+    locon = []
+    for _ in range(spec["repeats"]):
+        started = time.perf_counter()
+        with applied_loras(runner.model, [(paths[0], 0.8), (paths[2], 0.5)]):
+            pass
+        locon.append(time.perf_counter() - started)
+    touched = {id(target.module) for path in paths[:2] for target, _, _ in lora_layers_for_model(runner.model, path)}
+    touched_mb = sum(m.weight.numel() * 4 for m in runner.model.modules() if id(m) in touched) / 2**20
     print(json.dumps({"apply_and_remove_s": statistics.median(merge), "unet_s": statistics.median(plain_steps),
-                      "unet_with_loras_s": statistics.median(lora_steps), "peak_rise_mb": peak_rss_mb() - base_peak,
-                      "lora_mb": sum(p.stat().st_size for p in paths) / 2**20}))  # fmt: skip
+                      "unet_with_loras_s": statistics.median(lora_steps), "peak_rise_mb": pair_peak - base_peak,
+                      "touched_mb": touched_mb, "lora_mb": sum(p.stat().st_size for p in paths[:2]) / 2**20,
+                      "locon_apply_and_remove_s": statistics.median(locon),
+                      "locon_peak_rise_mb": peak_rss_mb() - base_peak}))  # fmt: skip
 
 
 WORKER_FUNCTIONS = {
@@ -606,9 +620,11 @@ def main() -> None:
         shared_inputs(workdir, args.size)
         lora = results["lora"] = run_one_shot("lora", {"workdir": str(workdir), "size": args.size,
                                                        "repeats": args.repeats})  # fmt: skip
-        print(f"two LoRAs ({lora['lora_mb']:.0f} MB): apply + remove {lora['apply_and_remove_s']:.2f} s; UNet step "
+        print(f"two LoRAs ({lora['lora_mb']:.0f} MB, touching {lora['touched_mb']:.0f} MB of weights): apply + remove "
+              f"{lora['apply_and_remove_s']:.2f} s, peak RSS +{lora['peak_rise_mb']:.0f} MB; UNet step "
               f"{lora['unet_s']:.2f} s plain, {lora['unet_with_loras_s']:.2f} s with them "
-              f"({lora['unet_with_loras_s'] / lora['unet_s']:.2f}x); peak RSS +{lora['peak_rise_mb']:.0f} MB",
+              f"({lora['unet_with_loras_s'] / lora['unet_s']:.2f}x); with a LoCon instead: apply + remove "
+              f"{lora['locon_apply_and_remove_s']:.2f} s, peak RSS +{lora['locon_peak_rise_mb']:.0f} MB",
               flush=True)  # fmt: skip
     if "vae2048" in parts:
         for precision in args.precisions.split(","):

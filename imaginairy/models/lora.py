@@ -242,17 +242,15 @@ def layer_update(
     name: str, tensors: dict[str, torch.Tensor], target_shape: torch.Size, source: str, multiplier: float = 1.0
 ) -> torch.Tensor:
     """The float32 update of one layer's weight: multiplier * (alpha / rank) * the product the file stores."""
+    factors = low_rank_factors(tensors, multiplier)
+    if factors is not None:
+        up, down = factors
+        _check_factors(up, down, target_shape, name, source)
+        return (up @ down).reshape(target_shape)
     t = {kind: tensor.float() for kind, tensor in tensors.items()}
-    if "down" in t and "up" in t:
+    if "down" in t and "up" in t and "mid" in t:  # Tucker LoCon: up (1x1) . mid (k x k, rank -> rank) . down (1x1)
         rank = t["down"].shape[0]
-        scale = multiplier * (t["alpha"].item() / rank if "alpha" in t else 1.0)
-        up = t["up"].flatten(1) * scale  # the scale applied to the small factor
-        if "mid" in t:  # Tucker LoCon: up (1x1) . mid (k x k, rank -> rank) . down (1x1)
-            product = torch.einsum("ijkl,jr,pi->prkl", t["mid"], t["down"].flatten(1), up)
-        else:
-            product = up @ t["down"].flatten(1)
-        _check_size(product, target_shape, name, source)
-        return product.reshape(target_shape)
+        product = torch.einsum("ijkl,jr,pi->prkl", t["mid"], t["down"].flatten(1), t["up"].flatten(1))
     elif "hada_w1_a" in t:
         rank = t["hada_w1_b"].shape[0]
         product = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
@@ -271,6 +269,70 @@ def layer_update(
     _check_size(product, target_shape, name, source)
     scale = multiplier * (t["alpha"].item() / rank if "alpha" in t else 1.0)
     return product.reshape(target_shape) * scale
+
+
+def low_rank_factors(tensors: dict[str, torch.Tensor], multiplier: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A plain LoRA / LoCon layer's update as (multiplier * alpha / rank * up [out, r], down [r, in * k * k]) in
+    float32, the scale put on the small factor; None for the other kinds."""
+    if "down" not in tensors or "up" not in tensors or "mid" in tensors:
+        return None
+    down = tensors["down"].float().flatten(1)
+    alpha = tensors["alpha"].item() if "alpha" in tensors else down.shape[0]
+    return tensors["up"].float().flatten(1) * (multiplier * alpha / down.shape[0]), down
+
+
+def merged_weight(original: torch.Tensor, entries: list) -> torch.Tensor:
+    """A new tensor, laid out like `original` (channels-last kernels stay so): original + every entry's update.
+
+    A plain low-rank update is added by one matrix product into the new tensor's memory (BLAS `addmm`: the original
+    read once, the result written once, no update tensor); other kinds add their computed update. Half-precision
+    weights are merged in float32 and rounded once.
+    """
+    base = original if original.dtype == torch.float32 else original.float()
+    layout = torch.channels_last if _is_channels_last_kernel(original) else torch.contiguous_format
+    new = torch.empty_like(base, memory_format=layout)  # so that _matrix_view(new) is a view
+    started = False
+    for target, name, tensors, weight, source in entries:
+        factors = low_rank_factors(tensors, weight) if target.rows is None else None
+        if factors is not None:
+            up, down = (factor.to(base.device) for factor in factors)
+            _check_factors(up, down, target.shape, name, source)
+            down = _in_memory_order(down, base)
+            if started:
+                _matrix_view(new).addmm_(up, down)
+            else:
+                torch.addmm(_matrix_view(base), up, down, out=_matrix_view(new))
+            started = True
+            continue
+        update = layer_update(name, tensors, target.shape, source, weight).to(base.device)
+        if not started:
+            new.copy_(base)
+            started = True
+        (new if target.rows is None else new[target.rows]).add_(update)
+    return new if original.dtype == torch.float32 else new.to(original.dtype)
+
+
+def _is_channels_last_kernel(t: torch.Tensor) -> bool:
+    return t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _matrix_view(t: torch.Tensor) -> torch.Tensor:
+    """A weight's memory as an [out, everything else] matrix, in the order it is stored (no copy)."""
+    return (t.permute(0, 2, 3, 1) if _is_channels_last_kernel(t) else t).reshape(t.shape[0], -1)
+
+
+def _in_memory_order(down: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The down factor [r, *kernel shape] as a matrix whose columns follow `like`'s memory order."""
+    if _is_channels_last_kernel(like):
+        down = down.reshape(down.shape[0], *like.shape[1:]).permute(0, 2, 3, 1)
+    return down.reshape(down.shape[0], -1)
+
+
+def _check_factors(up: torch.Tensor, down: torch.Tensor, target_shape: torch.Size, name: str, source: str) -> None:
+    if (up.shape[0], down.shape[1]) != (target_shape[0], target_shape.numel() // target_shape[0]):
+        raise IncompatibleModelError(
+            f"{source}: layer {name} has shape {(up.shape[0], down.shape[1])}, the model's has {tuple(target_shape)}"
+        )
 
 
 def _check_size(product: torch.Tensor, target_shape: torch.Size, name: str, source: str) -> None:
@@ -304,8 +366,7 @@ def applied_loras(model: nn.Module, loras: Iterable[tuple[str | os.PathLike, flo
     """Runs the block with each (LoRA file, weight) merged into `model`'s weights; afterwards the model holds its
     original parameter objects again (bit-identical, nothing re-read). Several LoRAs add up.
 
-    One parameter at a time: its updates (one per LoRA touching it) are computed, added into a new tensor laid out
-    like the original (channels-last kernels stay so), and dropped, so memory grows by the touched layers' size.
+    One parameter at a time (`merged_weight`), so memory grows by the touched layers' size and no more.
     """
     loras = list(loras)
     if not loras:
@@ -322,25 +383,10 @@ def applied_loras(model: nn.Module, loras: Iterable[tuple[str | os.PathLike, flo
         for entries in plan.values():
             module, param_name = entries[0][0].module, entries[0][0].param_name
             original = getattr(module, param_name)
-            total = None
-            for target, name, tensors, weight, source in entries:
-                try:
-                    update = layer_update(name, tensors, target.shape, source, weight).to(original.device)
-                except IncompatibleModelError as error:
-                    raise IncompatibleModelError(f"{error}: it is not made for {ours} models like this one") from error
-                if total is None and target.rows is None:
-                    total = update
-                    continue
-                if total is None:
-                    total = torch.zeros(original.shape, dtype=torch.float32, device=original.device)
-                view = total if target.rows is None else total[target.rows]
-                view += update
-            new = torch.empty_like(original)  # the original's memory format
-            if original.dtype == torch.float32:
-                torch.add(original, total, out=new)
-            else:
-                new.copy_(original.float().add_(total))
-            del total
+            try:
+                new = merged_weight(original, entries)
+            except IncompatibleModelError as error:
+                raise IncompatibleModelError(f"{error}: it is not made for {ours} models like this one") from error
             originals.append((module, param_name, original))
             setattr(module, param_name, nn.Parameter(new, requires_grad=False))
         logger.info("merged %d LoRA(s) into %d layers", len(loras), len(originals))

@@ -184,11 +184,12 @@ def models_cmd(models_dir: str | None) -> None:
     """
     from imaginairy.models import library
     from imaginairy.models.registry import registered_models
+    from imaginairy.settings import Settings
 
     with reported_errors():
         for name, spec in registered_models().items():
             click.echo(f"{name:24} {spec.description}")
-        root = library.models_dir(models_dir)
+        root = library.models_dir(models_dir or Settings.from_environment().models_dir)
         if root is None:
             click.echo(f"(no models folder: pass --models-dir or set {library.MODELS_DIR_ENV})")
             return

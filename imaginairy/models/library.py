@@ -1,5 +1,6 @@
 """The models folder users keep, as the AUTOMATIC1111 web UI lays it out: one folder with `checkpoints/`, `loras/`,
-`embeddings/` and `vae/` (any depth below each), chosen with `--models-dir` or `IMAGINAIRY_MODELS_DIR`.
+`embeddings/` and `vae/` (any depth below each), chosen with `--models-dir` or `IMAGINAIRY_MODELS_DIR` (read by
+imaginairy.settings).
 
 A file is named by its stem (`dreamshaper_8` for `checkpoints/dreamshaper_8.safetensors`) or its path below the kind's
 folder without the suffix (`styles/film_grain`); names compare case-insensitively. `find(kind, name)` resolves one,
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imaginairy.errors import ModelNotFoundError
+from imaginairy.settings import MODELS_DIR_ENV
 
-MODELS_DIR_ENV = "IMAGINAIRY_MODELS_DIR"
 KINDS = ("checkpoints", "loras", "embeddings", "vae")
 KIND_SUFFIXES = {
     "checkpoints": (".safetensors", ".ckpt"),
@@ -39,9 +40,8 @@ HASH_CACHE_FILE = "hashes.json"
 CLOSE_MATCHES = 5
 
 
-def models_dir(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The models folder: `explicit` (the --models-dir option) if given, else IMAGINAIRY_MODELS_DIR, else none."""
-    location = explicit if explicit is not None else os.environ.get(MODELS_DIR_ENV)
+def models_dir(location: str | os.PathLike | None) -> Path | None:
+    """The models folder at `location` (--models-dir, else Settings.models_dir), or None when none is set."""
     return Path(location).expanduser() if location else None
 
 

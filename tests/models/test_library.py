@@ -55,12 +55,13 @@ def test_unknown_name_lists_close_matches(folder):
         library.resolve("loras", "/nowhere/x.safetensors", folder)
 
 
-def test_models_dir_from_option_then_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(library.MODELS_DIR_ENV, str(tmp_path / "env"))
-    assert library.models_dir() == tmp_path / "env"
-    assert library.models_dir(tmp_path / "option") == tmp_path / "option"
-    monkeypatch.delenv(library.MODELS_DIR_ENV)
-    assert library.models_dir() is None
+def test_models_dir_from_the_environment_once(tmp_path):
+    from imaginairy.settings import Settings
+
+    assert Settings.from_environment({library.MODELS_DIR_ENV: str(tmp_path / "env")}).models_dir == str(tmp_path / "env")
+    assert Settings.from_environment({}).models_dir is None
+    assert library.models_dir("~/models") == library.Path("~/models").expanduser()
+    assert library.models_dir(None) is None
 
 
 def test_a1111_hashes(folder):

@@ -18,10 +18,10 @@ from diffusers import StableDiffusionPipeline
 from diffusers_reference import diffusers_pipeline, scheduler_and_call
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.errors import IncompatibleModelError, ModelLoadError
 from imaginairy.models.cache import ModelCache
 from imaginairy.models.lora import applied_loras
+from imaginairy.models.runtime import load_model
 from imaginairy.models.weights import load_state_dict, save_state_dict
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}

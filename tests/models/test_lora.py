@@ -6,8 +6,10 @@ file by its converters), so a layer our name mapping sends to the wrong place, a
 conv reshape moves the result. The text embeddings are computed by us with the LoRAs applied and given to both as
 `prompt_embeds` (the text encoder's LoRA layers are checked against the formula below).
 
-Tolerance: as tests/test_pipeline_parity.py (float32 both sides, sums in other orders): 1e-3 abs + 1e-3 rel on
-latents; the merged weights themselves agree with diffusers' `fuse_lora` to 1e-6.
+Tolerance: float32 both sides, sums in other orders (as tests/test_pipeline_parity.py). Over 4 k_euler steps the
+final latents differ by at most 2.9e-4..4.2e-4 (measured for the six cases), while the LoRAs move them by 40-80 (the
+tiny random LoRAs are as large as the weights): we allow 2e-3 absolute, no relative term. The text encoder's output
+agrees with diffusers' to ~1.5e-6 (1e-5 allowed), PEFT's LoHa/LoKr merges to 1e-5.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from imaginairy.models.lora import applied_loras
 from imaginairy.models.runtime import load_model
 from imaginairy.models.weights import load_state_dict, save_state_dict
 
-LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
+LATENT_TOLERANCE = {"atol": 2e-3, "rtol": 0}
 STEPS = 4
 
 

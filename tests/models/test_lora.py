@@ -282,3 +282,18 @@ def test_sd1_lora_with_te1_names_merges_like_te(tmp_path, tiny_loras, sd15):
         expected = {k: v.clone() for k, v in sd15.state_dict().items()}
     with applied_loras(sd15, [(tmp_path / "te1.safetensors", 1.0)]):
         assert all(torch.equal(v, expected[k]) for k, v in sd15.state_dict().items())
+
+
+def test_lora_pt_with_code_does_not_run_it(tmp_path, sd15):
+    """A pickled LoRA whose unpickling would create a file: refused as needing code, and the file never appears."""
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(1), "trap": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelLoadError, match="it needs code to load"):
+        with applied_loras(sd15, [(tmp_path / "evil.pt", 1.0)]):
+            pass
+    assert not marker.exists()

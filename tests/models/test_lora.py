@@ -297,3 +297,21 @@ def test_lora_pt_with_code_does_not_run_it(tmp_path, sd15):
         with applied_loras(sd15, [(tmp_path / "evil.pt", 1.0)]):
             pass
     assert not marker.exists()
+
+
+def test_half_precision_model_merges_in_float32_and_restores(tiny_models, tiny_loras):
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="bf16"), "cpu",
+                       ModelCache(max_bytes=2**30))
+    conv = model.unet.input_blocks[1][0].in_layers[2]  # a 3x3 kernel, channels-last
+    original = conv.weight
+    lora = load_state_dict(tiny_loras["kohya-sd15"])
+    name = "lora_unet_down_blocks_0_resnets_0_conv1"
+    down, up = lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"]
+    update = (lora[f"{name}.alpha"] / 4 * up.flatten(1) @ down.flatten(1)).reshape(original.shape)
+    with applied_loras(model, [(tiny_loras["kohya-sd15"], 1.0)]):
+        assert conv.weight.dtype == torch.bfloat16
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        expected = (original.float() + update).bfloat16()  # rounded once; sums in other orders may differ by 1 ulp
+        torch.testing.assert_close(conv.weight.float(), expected.float(), atol=0, rtol=2**-7)
+        assert (conv.weight.float() - original.float()).abs().max() > 0.05
+    assert conv.weight is original

@@ -114,7 +114,6 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> Non
     from imaginairy.masking.clipseg import clipseg_folder
     from imaginairy.models.loading import resolve_checkpoint
     from imaginairy.models.registry import resolve_model
-    from imaginairy.models.weights import resolve_weights
 
     fetches = {}  # one fetch per distinct file
     for prompt in prompts:

@@ -89,6 +89,13 @@ class ImagineCommand(click.Command):
               f"[default: {DEFAULT_MODEL}; with a mask or --outpaint: {DEFAULT_EDIT_MODEL}].")
 @click.option("--model-config", type=click.Path(dir_okay=False),
               help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
+@click.option("--lora", "loras", multiple=True, metavar="PATH_OR_NAME[:WEIGHT]",
+              help="Merge a LoRA file (a path, or a name in MODELS_DIR/loras) at WEIGHT (-10..10, default 1); "
+                   "repeatable. Prompts may also say <lora:NAME:WEIGHT>.")
+@click.option("--vae", help="A VAE file (a path, or a name in MODELS_DIR/vae) replacing the checkpoint's.")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="Folder with checkpoints/, loras/, embeddings/, vae/ where names are looked up "
+                   "[default: $IMAGINAIRY_MODELS_DIR].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,
               help="Number format of the computation; auto: bf16 where the CPU or GPU computes it natively, else full.")
 @click.option("--memory-mode", type=click.Choice(MEMORY_MODES), default=DEFAULTS["memory_mode"], show_default=True,
@@ -106,7 +113,7 @@ class ImagineCommand(click.Command):
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=DEFAULT_LOG_LEVEL,
               show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings, errors, where the images went and the summary.")
-def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level, quiet, **prompt_options):
+def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level, quiet, models_dir, **prompt_options):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
     \b
@@ -125,6 +132,7 @@ def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level,
     given = {name: value for name, value in prompt_options.items() if value is not None}  # unset: the field's default
     seed = given.pop("seed", None)
     with reported_errors():
+        given["loras"] = [lora_option(option) for option in given.get("loras", ())]
         prompts = [
             ImaginePrompt(text, seed=None if seed is None else seed + repeat, **given)
             for text in prompt_texts
@@ -134,11 +142,23 @@ def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level,
         from imaginairy.api import imagine_image_files
 
         paths = imagine_image_files(prompts, outdir, output_file_extension=output_file_extension,
-                                    show_progress=not quiet)
+                                    show_progress=not quiet, models_dir=models_dir)
     if quiet:
         for path in paths:
             click.echo(str(path))
     click.echo(run_summary(paths, time.monotonic() - started))
+
+
+def lora_option(option: str):
+    """`--lora PATH_OR_NAME[:WEIGHT]` -> LoRA (a last `:part` that is not a number belongs to the name)."""
+    from imaginairy.schema import LoRA
+
+    name, _, weight_text = option.rpartition(":")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        return LoRA(option)
+    return LoRA(name, weight) if name else LoRA(option)
 
 
 def check_before_loading(prompts: list[ImaginePrompt]) -> None:

@@ -144,7 +144,8 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> Non
 
 def resolve_library_names(prompt: ImaginePrompt, folder) -> ImaginePrompt:
     """The prompt with the names of its checkpoint, LoRAs and VAE replaced by the files' paths (models folder
-    `folder`); a name that is nowhere raises ModelNotFoundError listing close matches."""
+    `folder`), and the folder's embeddings/ searched for textual-inversion triggers; a name that is nowhere raises
+    ModelNotFoundError listing close matches."""
     import dataclasses
 
     from imaginairy.models import library
@@ -163,6 +164,9 @@ def resolve_library_names(prompt: ImaginePrompt, folder) -> ImaginePrompt:
                             for lora in prompt.loras]  # fmt: skip
     if prompt.vae is not None:
         changes["vae"] = str(library.resolve("vae", prompt.vae, folder))
+    embeddings_folder = folder / "embeddings" if folder is not None else None
+    if embeddings_folder is not None and embeddings_folder.is_dir():
+        changes["embeddings"] = (*prompt.embeddings, str(embeddings_folder))
     return dataclasses.replace(prompt, **changes) if changes else prompt
 
 

@@ -133,3 +133,14 @@ def test_checkpoint_and_vae_by_name_and_vae_in_the_infotext(tmp_path, tiny_model
     with pytest.raises(ModelNotFoundError, match="no vae named 'vae-ft-mse-840000'.*did you mean vae-ft-mse"):
         next(imagine(ImaginePrompt("a cat", model="dreamshaper_8", vae="vae-ft-mse-840000", safety_mode="off"),
                      device="cpu", model_cache=cache, models_dir=root))
+
+
+def test_embeddings_in_the_models_folder_are_triggered_by_name(tiny_models, tiny_embeddings, models_dir):
+    cache = ModelCache(max_bytes=2**30)
+    (models_dir / "embeddings").mkdir()
+    shutil.copy(tiny_embeddings["tinycat"], models_dir / "embeddings")
+    from_folder = generate("a photo of tinycat", tiny_models, cache, models_dir=models_dir)
+    by_path = generate("a photo of tinycat", tiny_models, cache, embeddings=[tiny_embeddings["tinycat"]])
+    without = generate("a photo of tinycat", tiny_models, cache)
+    assert from_folder.img.tobytes() == by_path.img.tobytes()
+    assert from_folder.img.tobytes() != without.img.tobytes()

@@ -10,19 +10,25 @@ import torch
 from imaginairy.errors import ModelLoadError
 from imaginairy.models.registry import CONFIGS_DIR, ModelSpec
 from imaginairy.models.weights import load_state_dict, resolve_weights
-from imaginairy.modules.diffusion import TEXT_ENCODERS, LatentDiffusion, build_latent_diffusion
+from imaginairy.modules.diffusion import (
+    TEXT_ENCODERS,
+    LatentDiffusion,
+    build_latent_diffusion,
+    from_generative_models_layout,
+)
 
 logger = logging.getLogger(__name__)
 
-COMPONENT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+COMPONENT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+SDXL_LABEL_EMB_KEY = "model.diffusion_model.label_emb.0.0.weight"
 
 
 def load_model_config(path: str | Path) -> dict:
     from omegaconf import OmegaConf
 
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        config = from_generative_models_layout(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
         params = config["model"]["params"]
         target = params["cond_stage_config"]["target"].rsplit(".", 1)[-1]
         params["unet_config"]["params"], params["first_stage_config"]["params"]["ddconfig"]
@@ -42,7 +48,10 @@ def infer_config_path(state_dict: dict, weights_name: str) -> Path:
     if UNET_IN_KEY not in state_dict:
         raise ModelLoadError(f"{weights_name} is not a Stable Diffusion checkpoint (no {UNET_IN_KEY})")
     inpainting = state_dict[UNET_IN_KEY].shape[1] == 9
-    if any(k.startswith("cond_stage_model.model.") for k in state_dict):
+    sdxl = sdxl_architecture(state_dict, inpainting)
+    if sdxl is not None:
+        name = sdxl
+    elif any(k.startswith("cond_stage_model.model.") for k in state_dict):
         if inpainting:
             name = "sd-v2-inpainting"
         else:
@@ -53,6 +62,20 @@ def infer_config_path(state_dict: dict, weights_name: str) -> Path:
         raise ModelLoadError(f"{weights_name}: unrecognised text encoder weights; pass --model-config with its yaml")
     logger.info("architecture of %s inferred as %s", weights_name, name)
     return CONFIGS_DIR / f"{name}.yaml"
+
+
+def sdxl_architecture(state_dict: dict, inpainting: bool) -> str | None:
+    """SDXL checkpoints carry the added-embedding MLP (`label_emb`) and a `conditioner`: base and inpainting have
+    CLIP ViT-L as embedder 0 and OpenCLIP bigG as 1 (2816 added inputs), the refiner OpenCLIP bigG as 0 (2560).
+    Key names as diffusers' single-file loader tells them apart (CHECKPOINT_KEY_NAMES xl_base / xl_refiner)."""
+    if SDXL_LABEL_EMB_KEY not in state_dict:
+        return None
+    if any(k.startswith("conditioner.embedders.0.model.") for k in state_dict):
+        return "sdxl-refiner"
+    if any(k.startswith("conditioner.embedders.1.model.") for k in state_dict):
+        return "sdxl-inpainting" if inpainting else "sdxl-base"
+    raise ModelLoadError("checkpoint has an SDXL UNet but no SDXL text encoders (conditioner.embedders.*); "
+                         "pass --model-config with its yaml")
 
 
 def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LatentDiffusion:

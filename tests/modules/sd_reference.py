@@ -41,6 +41,25 @@ TINY_UNET_SD2 = {
     "use_fp16": False,
 }
 TINY_UNET_SD1_INPAINTING = {**TINY_UNET_SD1, "in_channels": 9}
+# SDXL-shaped (sd_xl_base.yaml network_config at toy size): no attention at the top level, a transformer depth per
+# level, the added embedding of 32 pooled text features + 6 size numbers x 256.
+TINY_UNET_SDXL = {
+    **TINY_UNET_SD2,
+    "channel_mult": [1, 2, 2],
+    "attention_resolutions": [4, 2],
+    "transformer_depth": [1, 1, 2],
+    "context_dim": 80,
+    "num_classes": "sequential",
+    "adm_in_channels": 32 + 6 * 256,
+}
+# The refiner's shape: one depth for all levels, no attention at the top and bottom level, 5 numbers (aesthetic score).
+TINY_UNET_SDXL_REFINER = {
+    **TINY_UNET_SDXL,
+    "channel_mult": [1, 2, 2, 2],
+    "transformer_depth": 2,
+    "context_dim": 48,
+    "adm_in_channels": 48 + 5 * 256,
+}
 
 TINY_DDCONFIG = {
     "double_z": True,
@@ -88,8 +107,20 @@ def diffusers_unet_from_ours(unet: torch.nn.Module, unet_params: dict):
     returns (model, converted state dict)."""
     return diffusers_model_from_ours(
         unet, "model.diffusion_model.", ldm_config(unet_params, TINY_DDCONFIG), UNet2DConditionModel,
-        create_unet_diffusers_config_from_ldm, convert_ldm_unet_checkpoint,
+        sdxl_aware_unet_config, convert_ldm_unet_checkpoint,
     )  # fmt: skip
+
+
+def sdxl_aware_unet_config(original_config: dict, checkpoint: dict) -> dict:
+    """diffusers' UNet config from the CompVis/SGM one. diffusers recognises SDXL's added embedding only at the real
+    context widths (2048 base, 1280 refiner); at toy widths its "text_time" settings are set here as it sets them
+    there (256 features per size number)."""
+    config = create_unet_diffusers_config_from_ldm(original_config, checkpoint)
+    unet_params = original_config["model"]["params"]["unet_config"]["params"]
+    if unet_params.get("adm_in_channels") is not None:
+        config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=256,
+                      projection_class_embeddings_input_dim=unet_params["adm_in_channels"])
+    return config
 
 
 def diffusers_vae_from_ours(vae: torch.nn.Module, ddconfig: dict):

@@ -135,9 +135,12 @@ def generate_latent(
     noise = initial_noise(generator, prompt.width, prompt.height).to(device)
     set_tile_mode(model, prompt.tile_mode)
     with precision_context(prompt.precision, device):
-        with submodel_on(model.cond_stage_model, device, offload):
-            cond = weighted_text_embedding(model, prompt.prompts)
-            uncond = weighted_text_embedding(model, prompt.negative_prompts)
+        with submodel_on(model.text_encoder, device, offload):
+            cond, cond_pooled = weighted_text_conditioning(model, prompt.prompts)
+            uncond, uncond_pooled = weighted_text_conditioning(model, prompt.negative_prompts)
+        added = None
+        if model.is_sdxl:
+            uncond, added = sdxl_conditioning(model, prompt, uncond, cond_pooled, uncond_pooled)
         init_latent = conditioning = None
         with submodel_on(model.first_stage_model, device, offload):
             if init_image is not None:
@@ -145,9 +148,9 @@ def generate_latent(
                 init_latent = model.encode_image(pixels, tiled=needs_tiles(noise)).float()
             if settings.is_inpainting:
                 conditioning = inpainting_conditioning(model, edit, prompt.width, prompt.height, device)
-        model_fn, mask = unet_function(model), None
+        model_fn, mask = unet_function(model, added), None
         if settings.is_inpainting:
-            model_fn = inpainting_unet_function(model, *conditioning)
+            model_fn = inpainting_unet_function(model, *conditioning, added)
         elif edit is not None:
             mask = latent_mask(edit).to(device)
         schedule = NoiseSchedule(settings.linear_start, settings.linear_end, settings.num_timesteps)
@@ -180,15 +183,64 @@ def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.
 
 def weighted_text_embedding(model: LatentDiffusion, prompts: list[WeightedPrompt]) -> torch.Tensor:
     """The weighted mean of the prompts' embeddings ([1, tokens, dim], float32); no prompts -> the empty prompt's."""
+    return weighted_text_conditioning(model, prompts)[0]
+
+
+def weighted_text_conditioning(
+    model: LatentDiffusion, prompts: list[WeightedPrompt]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weighted means of the prompts' embeddings ([1, tokens, dim]) and, for SDXL, pooled embeddings ([1, P]),
+    float32; no prompts -> the empty prompt's."""
     if not prompts:
         prompts = [WeightedPrompt("")]
-    embeddings = model.encode_text([p.text for p in prompts]).float()
+    embeddings, pooled = model.encode_text_pooled([p.text for p in prompts])
     weights = torch.tensor([p.weight for p in prompts], dtype=torch.float32, device=embeddings.device)
-    return (embeddings * weights[:, None, None]).sum(dim=0, keepdim=True) / weights.sum()
+
+    def weighted_mean(rows: torch.Tensor) -> torch.Tensor:
+        return (rows.float() * weights.view(-1, *[1] * (rows.ndim - 1))).sum(dim=0, keepdim=True) / weights.sum()
+
+    return weighted_mean(embeddings), None if pooled is None else weighted_mean(pooled)
 
 
-def unet_function(model: LatentDiffusion):
-    """The UNet as the samplers call it: float32 in and out, the model's own dtype inside.
+# Aesthetic scores the SDXL refiner is conditioned on: diffusers' StableDiffusionXLImg2ImgPipeline defaults.
+REFINER_AESTHETIC_SCORE, REFINER_NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
+
+
+def sdxl_conditioning(
+    model: LatentDiffusion,
+    prompt: ImaginePrompt,
+    uncond: torch.Tensor,
+    cond_pooled: torch.Tensor,
+    uncond_pooled: torch.Tensor,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """SDXL's extra UNet input: (the unconditional context, (y_uncond, y_cond)), each y [1, adm_in_channels] = the
+    pooled text, then the micro-conditioning numbers embedded: original and target size = the generated size
+    (height, width), crop corner (0, 0), the refiner's aesthetic score 6 (2.5 for the negative side).
+
+    Without a negative prompt, the base model's unconditional context and pooled text are zeros
+    (`force_zeros_for_empty_prompt` of diffusers' SDXL base pipeline; Stability's sampling zeroes them too).
+    """
+    if model.text_encoder.has_clip_l and all(not p.text for p in prompt.negative_prompts):
+        uncond, uncond_pooled = torch.zeros_like(uncond), torch.zeros_like(uncond_pooled)
+    size = (prompt.height, prompt.width)
+    numbers = {"original_size_as_tuple": size, "crop_coords_top_left": (0, 0), "target_size_as_tuple": size}
+    y_cond = model.added_embedding(cond_pooled, {**numbers, "aesthetic_score": (REFINER_AESTHETIC_SCORE,)})
+    y_uncond = model.added_embedding(uncond_pooled, {**numbers, "aesthetic_score": (REFINER_NEGATIVE_AESTHETIC_SCORE,)})
+    return uncond, (y_uncond, y_cond)
+
+
+def added_embedding_rows(added: tuple[torch.Tensor, torch.Tensor], contexts: int, latents: int) -> torch.Tensor:
+    """The SDXL `y` rows for a UNet call: the samplers pass `[uncond; cond]` contexts (2 per latent) under
+    classifier-free guidance, `cond` alone (1 per latent) without it."""
+    y_uncond, y_cond = added
+    if contexts == latents:
+        return y_cond.expand(latents, -1)
+    return torch.cat([y_uncond.expand(latents, -1), y_cond.expand(latents, -1)])
+
+
+def unet_function(model: LatentDiffusion, added: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """The UNet as the samplers call it: float32 in and out, the model's own dtype inside; `added` is SDXL's
+    (y_uncond, y_cond) (see `sdxl_conditioning`).
 
     The latents go in channels-last (NHWC): every convolution then keeps that layout, which oneDNN and cuDNN run
     faster than NCHW, and the attention layers' [B, H*W, C] token views of it need no copy. The weights stay as
@@ -198,7 +250,8 @@ def unet_function(model: LatentDiffusion):
 
     def unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x.to(dtype=dtype, memory_format=torch.channels_last)
-        return model.unet(x, t, context.to(dtype)).float()
+        y = None if added is None else added_embedding_rows(added, context.shape[0], x.shape[0]).to(dtype)
+        return model.unet(x, t, context.to(dtype), y=y).float()
 
     return unet
 
@@ -217,10 +270,12 @@ def inpainting_conditioning(
     return mask.to(device), model.encode_image(masked_image.to(device=device, dtype=dtype)).float()
 
 
-def inpainting_unet_function(model: LatentDiffusion, mask: torch.Tensor, masked_image_latent: torch.Tensor):
+def inpainting_unet_function(
+    model: LatentDiffusion, mask: torch.Tensor, masked_image_latent: torch.Tensor, added=None
+):
     """The 9-channel UNet as the samplers call it: [x, mask, masked image latent] concatenated on the channels,
     the conditioning repeated to the batch (two under classifier-free guidance)."""
-    unet = unet_function(model)
+    unet = unet_function(model, added)
     conditioning = torch.cat([mask, masked_image_latent], dim=1)
 
     def inpainting_unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

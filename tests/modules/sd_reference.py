@@ -9,9 +9,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
-    create_unet_diffusers_config_from_ldm,
     create_vae_diffusers_config_from_ldm,
 )
+from diffusers_reference import sdxl_aware_unet_config
 from omegaconf import OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "imaginairy" / "configs"
@@ -109,18 +109,6 @@ def diffusers_unet_from_ours(unet: torch.nn.Module, unet_params: dict):
         unet, "model.diffusion_model.", ldm_config(unet_params, TINY_DDCONFIG), UNet2DConditionModel,
         sdxl_aware_unet_config, convert_ldm_unet_checkpoint,
     )  # fmt: skip
-
-
-def sdxl_aware_unet_config(original_config: dict, checkpoint: dict) -> dict:
-    """diffusers' UNet config from the CompVis/SGM one. diffusers recognises SDXL's added embedding only at the real
-    context widths (2048 base, 1280 refiner); at toy widths its "text_time" settings are set here as it sets them
-    there (256 features per size number)."""
-    config = create_unet_diffusers_config_from_ldm(original_config, checkpoint)
-    unet_params = original_config["model"]["params"]["unet_config"]["params"]
-    if unet_params.get("adm_in_channels") is not None:
-        config.update(class_embed_type=None, addition_embed_type="text_time", addition_time_embed_dim=256,
-                      projection_class_embeddings_input_dim=unet_params["adm_in_channels"])
-    return config
 
 
 def diffusers_vae_from_ours(vae: torch.nn.Module, ddconfig: dict):

@@ -172,6 +172,7 @@ def generate_latent(
                 generator=generator,
                 callback=progress_callback,
                 cancel_event=cancel_event,
+                timestep_spacing=settings.timestep_spacing,
             )
 
 

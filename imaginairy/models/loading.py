@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dt
     config = load_model_config(config_path)
     with torch.device("meta"):  # no memory and no random init for weights that are about to be replaced
         model = build_latent_diffusion(config)
+    if spec.settings:
+        model.settings = dataclasses.replace(model.settings, **dict(spec.settings))
     component_weights = {k: v for k, v in state_dict.items() if k.startswith(COMPONENT_PREFIXES)}
     del state_dict
     for name, tensor in component_weights.items():  # one tensor at a time: each drops its mapped file pages

@@ -47,6 +47,9 @@ class DiffusionSettings:
     # SDXL: the conditioner's number inputs in order (`input_key`s: original_size_as_tuple, crop_coords_top_left,
     # target_size_as_tuple or aesthetic_score); empty for SD 1/2.
     micro_conditioning: tuple[str, ...] = ()
+    # Where the k-samplers' steps fall: "linspace" (k-diffusion's get_sigmas: evenly from the last timestep to 0) or
+    # "trailing" (diffusers' spacing for few-step distilled models: 1000 - k * 1000/steps - 1, so 1 step = t 999).
+    timestep_spacing: str = "linspace"
 
 
 class DiffusionWrapper(nn.Module):
@@ -145,6 +148,7 @@ def diffusion_settings(config: dict) -> DiffusionSettings:
         default_size=int(params.get("image_size", 64)) * 8,
         is_inpainting=int(params["unet_config"]["params"]["in_channels"]) == 9,
         micro_conditioning=number_keys,
+        timestep_spacing=str(params.get("timestep_spacing", "linspace")),
     )
 
 

@@ -8,7 +8,8 @@
 - `model_fn(x, t, context) -> raw output` (epsilon or v, per `prediction_type`) for a batch: `x` [N, C, h, w],
   `t` float timesteps [N] (fractional for the k-samplers), `context` the text embeddings [N, tokens, dim].
   Classifier-free guidance calls it once with the batch `[uncond, cond]` (diffusers' order) and uses
-  `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale == 1` it is called with `cond` only.
+  `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale` 1, or 0 (guidance off, the few-step Turbo
+  models' setting, as in diffusers), it is called with `cond` only.
   `cond` and `uncond` have the batch size of `noise`.
 - `schedule`: the `NoiseSchedule` the model was trained with.
 - `noise`: unit Gaussian noise [B, 4, h, w] drawn by the caller from the seed, on the device to run on.
@@ -23,6 +24,7 @@
   and the result equals `init_latent` exactly where the mask is 0.
 - `ddim_eta`: DDIM's stochasticity (0 = deterministic). All random numbers of every sampler come from the CPU
   `generator`, so a seed gives bit-identical latents on the same machine.
+- `timestep_spacing` (k-samplers): "linspace" (k-diffusion's) or "trailing" (diffusers', for Turbo models).
 - `callback(step, total, denoised)`: after every step, `step` counting from 1 to `total`, with the current
   estimate of the clean latents (mask applied). `total` is the number of steps run, for `k_dpm_fast` its solver
   steps (`steps // 3 + 1`), and None for `k_dpm_adaptive`, which picks its own steps. Returning True stops the run
@@ -47,6 +49,7 @@ from imaginairy.samplers.base import (
 from imaginairy.samplers.ddim import ddim_timesteps, noised, sample_ddim
 from imaginairy.samplers.kdiffusion import (
     K_SAMPLER_TYPES,
+    TIMESTEP_SPACINGS,
     discrete_denoiser,
     reported_total,
     run_sigmas,
@@ -80,9 +83,17 @@ def sample(
     generator: torch.Generator,
     callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
+    timestep_spacing: str = "linspace",
 ) -> torch.Tensor:
     """The final latents of one sampling run; see the module docstring for every argument."""
     check_inputs(sampler_type, schedule, steps, prediction_type, init_latent, denoise_strength, mask, generator)
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise InvalidInputError(f"timestep spacing {timestep_spacing!r}: use one of {', '.join(TIMESTEP_SPACINGS)}.")
+    if timestep_spacing != "linspace" and sampler_type in ("ddim", "plms"):
+        raise InvalidInputError(
+            f"{sampler_type} does not take {timestep_spacing} timestep spacing (this model's): use a k-sampler such as "
+            "k_euler_a."
+        )
     run_steps = steps_to_run(steps, denoise_strength)
     if run_steps == 0:
         return init_latent
@@ -102,7 +113,7 @@ def sample(
         return sample_plms(model, x, alphas_cumprod, timesteps, **options)
 
     denoiser = discrete_denoiser(model, alphas_cumprod, prediction_type)
-    sigmas = run_sigmas(denoiser, steps, run_steps)
+    sigmas = run_sigmas(denoiser, steps, run_steps, timestep_spacing)
     x = noise * sigmas[0] if init_latent is None else init_latent + noise * sigmas[0]
     reporter = StepReporter(callback, cancel_event, reported_total(sampler_type, run_steps))
     x = sample_kdiffusion(sampler_type, denoiser, x, sigmas, generator=generator, kept=kept, reporter=reporter)

@@ -46,9 +46,21 @@ def discrete_denoiser(model: GuidedModel, alphas_cumprod: torch.Tensor, predicti
     return external.DiscreteEpsDDPMDenoiser(model, alphas_cumprod, quantize=False)
 
 
-def run_sigmas(denoiser, steps: int, steps_to_run: int) -> torch.Tensor:
-    """The last `steps_to_run` steps of the `steps`-step schedule: steps_to_run + 1 sigmas ending in 0."""
-    return denoiser.get_sigmas(steps)[steps - steps_to_run :]
+TIMESTEP_SPACINGS = ("linspace", "trailing")
+
+
+def run_sigmas(denoiser, steps: int, steps_to_run: int, spacing: str = "linspace") -> torch.Tensor:
+    """The last `steps_to_run` steps of the `steps`-step schedule: steps_to_run + 1 sigmas ending in 0.
+
+    "trailing" puts step k at timestep round(T - k * T / steps) - 1, as diffusers' `timestep_spacing="trailing"`
+    (its Turbo recipe): one step starts from the last timestep, four are 999, 749, 499, 249.
+    """
+    if spacing == "linspace":
+        return denoiser.get_sigmas(steps)[steps - steps_to_run :]
+    num_timesteps = len(denoiser.sigmas)
+    timesteps = torch.round(torch.arange(num_timesteps, 0, -num_timesteps / steps, dtype=torch.float64)) - 1
+    sigmas = denoiser.t_to_sigma(timesteps.to(denoiser.sigmas))
+    return torch.cat([sigmas, sigmas.new_zeros(1)])[steps - steps_to_run :]
 
 
 def reported_total(sampler_type: str, steps_to_run: int) -> int | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from imaginairy.errors import InvalidInputError
 from imaginairy.masking.inpaint import (
     LATENT_SCALE,
     Edit,
@@ -129,6 +130,8 @@ def generate_latent(
     "regenerate everything" without an edit.
     """
     device = torch.device(device) if device is not None else model_device(model)
+    if model.is_sdxl:
+        check_sdxl_inputs(model, prompt, init_image)
     offload = prompt.memory_mode == "low"
     settings = model.settings
     generator = torch.Generator("cpu").manual_seed(prompt.seed)
@@ -228,6 +231,27 @@ def sdxl_conditioning(
     y_cond = model.added_embedding(cond_pooled, {**numbers, "aesthetic_score": (REFINER_AESTHETIC_SCORE,)})
     y_uncond = model.added_embedding(uncond_pooled, {**numbers, "aesthetic_score": (REFINER_NEGATIVE_AESTHETIC_SCORE,)})
     return uncond, (y_uncond, y_cond)
+
+
+# SDXL was trained on images of about 1024x1024 pixels in many aspect ratios (SDXL-Turbo on 512x512); far from the
+# model's default area, images degrade. Outside these factors of the default area a warning says so.
+SDXL_AREA_RANGE = (0.5, 2.0)
+
+
+def check_sdxl_inputs(model: LatentDiffusion, prompt: ImaginePrompt, init_image) -> None:
+    """The refiner has no CLIP ViT-L encoder and was trained only on the last, low-noise steps: it refines an
+    image and cannot start from noise. Sizes far from the trained area give a warning."""
+    if not model.text_encoder.has_clip_l and init_image is None:
+        raise InvalidInputError(
+            "this SDXL model has no CLIP-L text encoder: it is a refiner, which refines an image; give it an init "
+            "image (img2img), or generate with a base model such as sdxl"
+        )
+    area, trained = prompt.width * prompt.height, model.settings.default_size**2
+    if not SDXL_AREA_RANGE[0] <= area / trained <= SDXL_AREA_RANGE[1]:
+        logger.warning(
+            "%dx%d is far from the %dx%d pixels this SDXL model was trained at: expect a degraded image",
+            prompt.width, prompt.height, model.settings.default_size, model.settings.default_size,
+        )
 
 
 def added_embedding_rows(added: tuple[torch.Tensor, torch.Tensor], contexts: int, latents: int) -> torch.Tensor:

@@ -137,3 +137,53 @@ def test_sdxl_untrained_size_warns_and_still_generates(tiny_models, caplog):
         latent = pipeline.generate_latent(prompt, model)
     assert latent.shape == (1, 4, 8, 32)
     assert "256x64 is far from the 64x64 pixels" in caplog.text
+
+
+def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
+    """The 9-channel SDXL inpainting model against StableDiffusionXLInpaintPipeline, set up as the SD 1.5 case in
+    tests/masking/test_inpaint_parity.py (see there): its VAE's posterior mean for the masked-image latent, the
+    starting latent noised by its scheduler, the mask on latent cell boundaries."""
+    import dataclasses
+
+    import numpy as np
+    from diffusers import StableDiffusionXLInpaintPipeline
+    from PIL import Image
+
+    from imaginairy.masking.inpaint import prepare_edit
+    from imaginairy.utils.images import pil_to_tensor
+
+    weights_path, size, steps = tiny_models["tiny-sdxl-inpainting"], 64, 5
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (size, size, 3)).astype(np.uint8))
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (16, 8, 48, 40))
+    prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), init_image=image,
+                           mask_image=mask, init_image_strength=0.0, steps=steps, seed=42, sampler_type="ddim",
+                           safety_mode="off", precision="full")
+    model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+    edit = prepare_edit(prompt, model.settings.default_size)
+    prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
+    with torch.inference_mode():
+        latent = pipeline.generate_latent(prompt, model, edit.init_image, edit=edit)
+    noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), size, size)
+
+    scheduler, call = scheduler_and_call("ddim", steps)
+    reference = sdxl_pipeline(StableDiffusionXLInpaintPipeline, weights_path, scheduler, tmp_path / "inpaint-config")
+    assert model.settings.is_inpainting and reference.unet.config.in_channels == 9
+    scale = reference.vae.config.scaling_factor
+    pixels = pil_to_tensor(image)
+    repaint = pil_to_tensor(mask.convert("RGB"))[:, :1] > 0
+    with torch.inference_mode():
+        init_latent = reference.vae.encode(pixels).latent_dist.mean * scale
+        masked_image_latents = reference.vae.encode(pixels * ~repaint).latent_dist.mean * scale
+        start_scheduler, _ = scheduler_and_call("ddim", steps)
+        start_scheduler.set_timesteps(**call)
+        start = start_scheduler.add_noise(init_latent, noise, start_scheduler.timesteps[:1])
+        reference_latent = reference(
+            prompt="a red apple", negative_prompt="blurry", image=image, mask_image=mask,
+            masked_image_latents=masked_image_latents, latents=start / start_scheduler.init_noise_sigma,
+            strength=1.0, guidance_scale=prompt.prompt_strength, height=size, width=size, output_type="latent",
+            **call,
+        ).images
+    print(f"max |latent difference| {(latent - reference_latent).abs().max():.2e}")
+    torch.testing.assert_close(latent, reference_latent, **LATENT_TOLERANCE)
+    assert (latent - start).abs().max() > 0.1

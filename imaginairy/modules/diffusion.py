@@ -108,17 +108,36 @@ class LatentDiffusion(nn.Module):
     def encode_image(self, pixels: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """Pixels in [-1, 1] -> scaled latent: the posterior mean, so the same image always gives the same latent.
         `tiled` encodes in overlapping tiles (bounded memory for large images; see modules/tiling.py)."""
+        pixels = pixels.to(next(self.first_stage_model.parameters()).dtype)  # float32 once an SDXL VAE is upcast
         if tiled:
             return encode_in_tiles(self.first_stage_model, pixels) * self.settings.scale_factor
         mean, _logvar = self.first_stage_model.encode(pixels)
         return mean * self.settings.scale_factor
 
     def decode_latent(self, latent: torch.Tensor, tiled: bool = False) -> torch.Tensor:
-        """Scaled latent -> pixels in about [-1, 1]; `tiled` decodes in overlapping tiles (float32 result)."""
+        """Scaled latent -> pixels in about [-1, 1]; `tiled` decodes in overlapping tiles (float32 result).
+
+        SDXL's VAE overflows float16 (its decoder's activations pass 65504 and the image comes out black or NaN;
+        diffusers marks it `force_upcast`): a float16 SDXL model, or float16 autocast, decodes in float32, the VAE
+        upcast once (it then stays float32: ~330 MB instead of ~165 MB). bfloat16 has float32's range and is kept.
+        """
         z = latent / self.settings.scale_factor
+        if self.is_sdxl and half_precision_overflows(z):
+            self.first_stage_model.float()
+            with torch.autocast(z.device.type, enabled=False):
+                return self._decode(z.float(), tiled)
+        return self._decode(z, tiled)
+
+    def _decode(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
         if tiled:
             return decode_in_tiles(self.first_stage_model, z)
         return self.first_stage_model.decode(z)
+
+
+def half_precision_overflows(z: torch.Tensor) -> bool:
+    """Whether the VAE would run on `z` in float16: its dtype, or float16 autocast on its device."""
+    autocast_half = torch.is_autocast_enabled(z.device.type) and torch.get_autocast_dtype(z.device.type) == torch.float16
+    return z.dtype == torch.float16 or autocast_half
 
 
 def from_generative_models_layout(config: dict) -> dict:

@@ -187,3 +187,16 @@ def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
     print(f"max |latent difference| {(latent - reference_latent).abs().max():.2e}")
     torch.testing.assert_close(latent, reference_latent, **LATENT_TOLERANCE)
     assert (latent - start).abs().max() > 0.1
+
+
+def test_sdxl_weighted_prompts_average_context_and_pooled_alike(tiny_models):
+    from imaginairy.schema import WeightedPrompt
+
+    prompt = ImaginePrompt([WeightedPrompt("a cat", 1), WeightedPrompt("a dog", 3)], model=str(tiny_models["tiny-sdxl"]))
+    model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+    with torch.inference_mode():
+        context, pooled = pipeline.weighted_text_conditioning(model, prompt.prompts)
+        contexts, pooleds = model.encode_text_pooled(["a cat", "a dog"])
+    torch.testing.assert_close(context, (contexts[:1] + 3 * contexts[1:]) / 4)
+    torch.testing.assert_close(pooled, (pooleds[:1] + 3 * pooleds[1:]) / 4)
+    assert (pooleds[0] - pooleds[1]).abs().max() > 1e-2

@@ -192,7 +192,8 @@ def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
 def test_sdxl_weighted_prompts_average_context_and_pooled_alike(tiny_models):
     from imaginairy.schema import WeightedPrompt
 
-    prompt = ImaginePrompt([WeightedPrompt("a cat", 1), WeightedPrompt("a dog", 3)], model=str(tiny_models["tiny-sdxl"]))
+    prompt = ImaginePrompt([WeightedPrompt("a cat", 1), WeightedPrompt("a dog", 3)], model=str(tiny_models["tiny-sdxl"]),
+                           precision="full")
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     with torch.inference_mode():
         context, pooled = pipeline.weighted_text_conditioning(model, prompt.prompts)

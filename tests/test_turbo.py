@@ -125,3 +125,13 @@ def test_ddim_refuses_the_turbo_spacing(tiny_models):
     prompt = dataclasses.replace(turbo_prompt(weights_path, 1, model), sampler_type="ddim")
     with pytest.raises(InvalidInputError, match="k_euler_a"):
         pipeline.generate_latent(prompt, model)
+
+
+def test_server_engines_serve_sdxl_and_the_turbo_models_with_their_few_step_settings():
+    from imaginairy.server.engines import load_engines
+
+    engines = load_engines()
+    assert engines["stable-diffusion-xl-1024-v1-0"].model == "sdxl"
+    for engine_id in ("sdxl-turbo", "sd-turbo"):
+        assert engines[engine_id].model == engine_id
+        assert engines[engine_id].defaults == {"steps": 1, "prompt_strength": 0.0, "sampler_type": "k_euler_a"}

@@ -260,6 +260,8 @@ def added_embedding_rows(added: tuple[torch.Tensor, torch.Tensor], contexts: int
     y_uncond, y_cond = added
     if contexts == latents:
         return y_cond.expand(latents, -1)
+    if contexts != 2 * latents:
+        raise ValueError(f"{contexts} contexts for {latents} latents: expected [cond] or [uncond; cond]")
     return torch.cat([y_uncond.expand(latents, -1), y_cond.expand(latents, -1)])
 
 

@@ -249,8 +249,8 @@ class UNetModel(nn.Module):
 
         h = x
         if y is not None:
-            if y.shape[0] % x.shape[0]:
-                raise ValueError(f"y batch {y.shape[0]} is not a multiple of the latent batch {x.shape[0]}")
+            if y.shape[0] % x.shape[0] or (context is not None and y.shape[0] != context.shape[0]):
+                raise ValueError(f"y batch {y.shape[0]} must be the context batch, a multiple of the latent batch")
             emb = repeat_batch(emb, y.shape[0]) + self.label_emb(y.to(emb.dtype))
             h = repeat_batch(x, y.shape[0])
         skips = []

@@ -120,14 +120,22 @@ class CLIPTextEncoder(nn.Module):
         return self.encode_tokens(token_ids.to(device))
 
 
+def fill_missing_logit_scale(module, state_dict, prefix, *unused_load_args):
+    """Load-state-dict pre-hook of `OpenCLIPTextTower`: `logit_scale` (CLIP's training temperature, unused for
+    conditioning) is dropped from some merged SDXL checkpoints; it gets OpenCLIP's initial value instead."""
+    state_dict.setdefault(prefix + "logit_scale", torch.tensor(math.log(1 / 0.07)))
+
+
 class OpenCLIPTextTower(nn.Module):
     """The text half of an OpenCLIP model, named exactly like the checkpoint's `cond_stage_model.model.*`.
 
-    `text_projection` and `logit_scale` are unused for conditioning; they exist so real checkpoints load strictly.
+    `text_projection` and `logit_scale` are unused for conditioning (SDXL uses the projection for its pooled
+    output); they exist so real checkpoints load strictly. A missing `logit_scale` is filled in.
     """
 
     def __init__(self, width, layers, heads, context_length, vocab_size, output_dim, mlp_ratio):
         super().__init__()
+        self.register_load_state_dict_pre_hook(fill_missing_logit_scale)
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.transformer = Transformer(width=width, layers=layers, heads=heads, mlp_ratio=mlp_ratio)

@@ -122,3 +122,16 @@ def test_sdxl_openclip_settings_other_than_sdxl_are_refused(change):
 def test_unknown_embedder_is_refused():
     with pytest.raises(ValueError, match="not supported"):
         SDXLTextEncoders([BIG_G, {"target": "sgm.modules.encoders.modules.FrozenT5Embedder"}])
+
+
+def test_checkpoint_without_logit_scale_loads_strictly_on_the_meta_device():
+    """Some merged SDXL files drop the unused `logit_scale`; everything else must still be present."""
+    source = randomized(SDXLTextEncoders(BASE_EMBEDDERS))
+    state = {key: value for key, value in source.state_dict().items() if not key.endswith("logit_scale")}
+    with torch.device("meta"):
+        target = SDXLTextEncoders(BASE_EMBEDDERS)
+    target.load_state_dict(state, strict=True, assign=True)
+    assert not any(tensor.is_meta for tensor in target.state_dict().values())
+    del state["embedders.1.model.text_projection"]
+    with pytest.raises(RuntimeError, match="text_projection"):
+        SDXLTextEncoders(BASE_EMBEDDERS).load_state_dict(state, strict=True)

@@ -18,8 +18,8 @@ from diffusers import StableDiffusionXLPipeline
 from diffusers_reference import scheduler_and_call, sdxl_pipeline
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 
@@ -98,16 +98,18 @@ def test_sdxl_refiner_img2img_matches_diffusers(tiny_models, tmp_path):
     from PIL import Image
 
     weights_path = tiny_models["tiny-sdxl-refiner"]
-    steps, strength = 5, 0.6
+    from imaginairy.utils.images import pil_to_tensor
+
+    steps, strength, size = 5, 0.6, 64
+    gradient = torch.linspace(0, 255, size).round().byte()
+    init_image = Image.fromarray(torch.stack([gradient.expand(size, -1)] * 3, dim=-1).numpy())
     prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), steps=steps, seed=3,
-                           sampler_type="ddim", precision="full", init_image_strength=1 - strength)
+                           sampler_type="ddim", precision="full", init_image=init_image,
+                           init_image_strength=1 - strength, width=size, height=size)
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
-    prompt = pipeline.resolve_size(prompt, model)
-    gradient = torch.linspace(0, 255, prompt.width).round().byte()
-    init_image = Image.fromarray(torch.stack([gradient.expand(prompt.height, -1)] * 3, dim=-1).numpy())
     with torch.inference_mode():
-        latent = pipeline.generate_latent(prompt, model, init_image)
-        init_latent = model.encode_image(pipeline.pil_to_tensor(init_image))
+        latent = pipeline.generate_latent(prompt, model)
+        init_latent = model.encode_image(pil_to_tensor(init_image))
     scheduler, call = scheduler_and_call("ddim", steps)
     pipe = sdxl_pipeline(StableDiffusionXLImg2ImgPipeline, weights_path, scheduler, tmp_path / "refiner-config")
     with torch.inference_mode():
@@ -163,7 +165,7 @@ def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
     edit = prepare_edit(prompt, model.settings.default_size)
     prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
     with torch.inference_mode():
-        latent = pipeline.generate_latent(prompt, model, edit.init_image, edit=edit)
+        latent = pipeline.generate_latent(prompt, model, edit)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), size, size)
 
     scheduler, call = scheduler_and_call("ddim", steps)

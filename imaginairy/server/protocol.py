@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
 from imaginairy.errors import InvalidInputError
-from imaginairy.schema import ImaginePrompt, eight_bit
+from imaginairy.schema import ImaginePrompt
 from imaginairy.server.defaults import MAX_ANSWER_IMAGE_BYTES
+from imaginairy.utils.images import eight_bit
 
 if TYPE_CHECKING:
     from PIL import Image

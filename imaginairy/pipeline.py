@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from imaginairy.errors import NonFiniteOutputError
+from imaginairy.errors import InvalidInputError, NonFiniteOutputError
 from imaginairy.masking.inpaint import Edit, prepare_edit
 from imaginairy.models.runtime import model_device, model_dtype, precision_context, submodel_on, unet_function
 from imaginairy.modules.autoencoder import LATENT_CHANNELS, LATENT_SCALE
@@ -20,7 +20,8 @@ from imaginairy.modules.layers import set_tile_mode
 from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
 from imaginairy.prompts.conditioning import encode_conditioning
 from imaginairy.samplers import Conditioning, NoiseSchedule, sample
-from imaginairy.schema import ImaginePrompt, ImagineResult
+from imaginairy.samplers.table import DEFAULT_SCHEDULE
+from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
 from imaginairy.settings import Settings
 from imaginairy.utils.images import pil_to_tensor, tensor_to_pil
 
@@ -93,6 +94,8 @@ def generate_latent(
     """
     device = torch.device(device) if device is not None else model_device(model)
     edit = edit if edit is not None else prepare_edit(prompt, model.settings.default_size, device)
+    if model.is_sdxl:
+        check_sdxl_inputs(model, prompt, edit.init_image)
     generator = torch.Generator("cpu").manual_seed(prompt.seed)
     noise = initial_noise(generator, prompt.width, prompt.height).to(device)
     set_tile_mode(model, prompt.tile_mode)
@@ -111,7 +114,7 @@ def generate_latent(
                 uncond=uncond,
                 guidance_scale=prompt.prompt_strength,
                 prediction_type=model.settings.prediction_type,
-                sigma_schedule=prompt.schedule,
+                sigma_schedule=sampling_schedule(prompt, model),
                 init_latent=init_latent,
                 denoise_strength=1.0 - prompt.init_image_strength if init_latent is not None else 1.0,
                 mask=None if model.settings.is_inpainting else edit.sampler_mask(),
@@ -126,9 +129,14 @@ def generate_latent(
 def text_conditioning(
     prompt: ImaginePrompt, model: LatentDiffusion, device: torch.device
 ) -> tuple[Conditioning, Conditioning]:
-    """Step 1: (cond, uncond) of the prompts and negative prompts: A1111 syntax, 75-token chunks, textual-inversion
-    embeddings and clip skip (imaginairy.prompts)."""
-    with submodel_on(model.cond_stage_model, device, prompt.memory_mode):
+    """Step 1: (cond, uncond) of the prompts and negative prompts. SD 1/2: A1111 syntax, 75-token chunks,
+    textual-inversion embeddings and clip skip (imaginairy.prompts); SDXL: the weighted text embeddings of both
+    encoders with the added embedding `y` (see `sdxl_conditioning`)."""
+    with submodel_on(model.text_encoder, device, prompt.memory_mode):
+        if model.is_sdxl:
+            cond, cond_pooled = weighted_text_conditioning(model, prompt.prompts)
+            uncond, uncond_pooled = weighted_text_conditioning(model, prompt.negative_prompts)
+            return sdxl_conditioning(model, prompt, cond, uncond, cond_pooled, uncond_pooled)
         text = encode_conditioning(
             model.cond_stage_model,
             prompt.prompts,
@@ -161,6 +169,85 @@ def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.
     """Unit noise drawn on the CPU, so a seed gives the same image on every device."""
     shape = (1, LATENT_CHANNELS, height // LATENT_SCALE, width // LATENT_SCALE)
     return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def weighted_text_embedding(model: LatentDiffusion, prompts: list[WeightedPrompt]) -> torch.Tensor:
+    """The weighted mean of the prompts' embeddings ([1, tokens, dim], float32); no prompts -> the empty prompt's."""
+    return weighted_text_conditioning(model, prompts)[0]
+
+
+def weighted_text_conditioning(
+    model: LatentDiffusion, prompts: list[WeightedPrompt]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weighted means of the prompts' embeddings ([1, tokens, dim]) and, for SDXL, pooled embeddings ([1, P]),
+    float32; no prompts -> the empty prompt's."""
+    if not prompts:
+        prompts = [WeightedPrompt("")]
+    embeddings, pooled = model.encode_text_pooled([p.text for p in prompts])
+    weights = torch.tensor([p.weight for p in prompts], dtype=torch.float32, device=embeddings.device)
+
+    def weighted_mean(rows: torch.Tensor) -> torch.Tensor:
+        return (rows.float() * weights.view(-1, *[1] * (rows.ndim - 1))).sum(dim=0, keepdim=True) / weights.sum()
+
+    return weighted_mean(embeddings), None if pooled is None else weighted_mean(pooled)
+
+
+# Aesthetic scores the SDXL refiner is conditioned on: diffusers' StableDiffusionXLImg2ImgPipeline defaults.
+REFINER_AESTHETIC_SCORE, REFINER_NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
+
+
+def sdxl_conditioning(
+    model: LatentDiffusion,
+    prompt: ImaginePrompt,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    cond_pooled: torch.Tensor,
+    uncond_pooled: torch.Tensor,
+) -> tuple[Conditioning, Conditioning]:
+    """SDXL's (cond, uncond): the contexts with the added embedding `y` [1, adm_in_channels] of each side = the
+    pooled text, then the micro-conditioning numbers embedded: original and target size = the generated size
+    (height, width), crop corner (0, 0), the refiner's aesthetic score 6 (2.5 for the negative side).
+
+    Without a negative prompt, the base model's unconditional context and pooled text are zeros
+    (`force_zeros_for_empty_prompt` of diffusers' SDXL base pipeline; Stability's sampling zeroes them too).
+    """
+    if model.text_encoder.has_clip_l and all(not p.text for p in prompt.negative_prompts):
+        uncond, uncond_pooled = torch.zeros_like(uncond), torch.zeros_like(uncond_pooled)
+    size = (prompt.height, prompt.width)
+    numbers = {"original_size_as_tuple": size, "crop_coords_top_left": (0, 0), "target_size_as_tuple": size}
+    y_cond = model.added_embedding(cond_pooled, {**numbers, "aesthetic_score": (REFINER_AESTHETIC_SCORE,)})
+    y_uncond = model.added_embedding(uncond_pooled, {**numbers, "aesthetic_score": (REFINER_NEGATIVE_AESTHETIC_SCORE,)})
+    return Conditioning(cond, {"y": y_cond}), Conditioning(uncond, {"y": y_uncond})
+
+
+# SDXL was trained on images of about 1024x1024 pixels in many aspect ratios (SDXL-Turbo on 512x512); far from the
+# model's default area, images degrade. Outside these factors of the default area a warning says so.
+SDXL_AREA_RANGE = (0.5, 2.0)
+
+
+def check_sdxl_inputs(model: LatentDiffusion, prompt: ImaginePrompt, init_image) -> None:
+    """The refiner has no CLIP ViT-L encoder and was trained only on the last, low-noise steps: it refines an
+    image and cannot start from noise. Sizes far from the trained area give a warning."""
+    if not model.text_encoder.has_clip_l and init_image is None:
+        raise InvalidInputError(
+            "this SDXL model has no CLIP-L text encoder: it is a refiner, which refines an image; give it an init "
+            "image (img2img), or generate with a base model such as sdxl"
+        )
+    if prompt.clip_skip != 1:
+        raise InvalidInputError("clip_skip is for SD 1.x models; SDXL always uses the penultimate layers (leave it 1)")
+    area, trained = prompt.width * prompt.height, model.settings.default_size**2
+    if not SDXL_AREA_RANGE[0] <= area / trained <= SDXL_AREA_RANGE[1]:
+        logger.warning(
+            "%dx%d is far from the %dx%d pixels this SDXL model was trained at: expect a degraded image",
+            prompt.width, prompt.height, model.settings.default_size, model.settings.default_size,
+        )
+
+
+def sampling_schedule(prompt: ImaginePrompt, model: LatentDiffusion) -> str:
+    """The prompt's sigma schedule; on the default, a model's own (the Turbo models' "trailing")."""
+    if prompt.schedule == DEFAULT_SCHEDULE and model.settings.timestep_spacing != "linspace":
+        return model.settings.timestep_spacing
+    return prompt.schedule
 
 
 def decode(prompt: ImaginePrompt, model: LatentDiffusion, latent: torch.Tensor, device: torch.device) -> Image.Image:

@@ -11,6 +11,11 @@ loader finds the config the way it finds one next to any downloaded model:
     tiny-sd15.safetensors, tiny-sd15.ckpt (same weights), tiny-sd15.yaml        SD 1.x: CLIP text encoder, epsilon
     tiny-sd15-inpainting.safetensors, tiny-sd15-inpainting.yaml                 SD 1.x inpainting: 9 UNet inputs
     tiny-sd21-v.safetensors, tiny-sd21-v.yaml                                   SD 2.x: OpenCLIP, v prediction
+    tiny-sd-turbo.safetensors, tiny-sd-turbo.yaml                               SD-Turbo: SD 2.1 base, epsilon
+    tiny-sdxl.safetensors, tiny-sdxl.yaml                                       SDXL base: conditioner.embedders.0
+                                                                                (CLIP-L) and .1 (OpenCLIP bigG)
+    tiny-sdxl-refiner.safetensors, tiny-sdxl-refiner.yaml                       SDXL refiner: OpenCLIP only
+    tiny-sdxl-inpainting.safetensors, tiny-sdxl-inpainting.yaml                 SDXL inpainting: 9 UNet inputs
 
 and textual-inversion embeddings for their 32-wide text encoders in embeddings/ (`make_tiny_embeddings`):
 
@@ -60,6 +65,19 @@ MODELS = {
     "tiny-sd15": ("sd-v1.yaml", {"num_heads": 2}, TINY_CLIP, 1),
     "tiny-sd15-inpainting": ("sd-v1-inpainting.yaml", {"num_heads": 2}, TINY_CLIP, 2),
     "tiny-sd21-v": ("sd-v2-v.yaml", {"num_head_channels": 16}, TINY_OPENCLIP, 3),
+    "tiny-sd-turbo": ("sd-v2.yaml", {"num_head_channels": 16}, TINY_OPENCLIP, 4),
+}
+# SDXL at toy size (the real sd_xl_base.yaml's shape: no attention at the top level, depth per level, the added
+# embedding): CLIP-L 32 wide (its penultimate layer of 2) + OpenCLIP-bigG-shaped 48 wide = 80 context features.
+TINY_SDXL_UNET = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "num_head_channels": 16,
+                  "attention_resolutions": [4, 2], "transformer_depth": [1, 1, 2]}
+TINY_SDXL_CLIP = {**TINY_CLIP, "layer_idx": 1}
+TINY_BIG_G = {"width": 48, "layers": 3, "heads": 4, "output_dim": 48}
+SDXL_MODELS = {  # name: (family config, UNet changes, seed)
+    "tiny-sdxl": ("sdxl-base.yaml", {"context_dim": 80, "adm_in_channels": 48 + 6 * 256}, 5),
+    "tiny-sdxl-refiner": ("sdxl-refiner.yaml", {"context_dim": 48, "adm_in_channels": 48 + 5 * 256,
+                                                "channel_mult": [1, 2, 2, 2], "transformer_depth": 2}, 6),
+    "tiny-sdxl-inpainting": ("sdxl-inpainting.yaml", {"context_dim": 80, "adm_in_channels": 48 + 6 * 256}, 7),
 }
 
 
@@ -70,6 +88,20 @@ def tiny_config(family_config: str, unet_heads: dict, text_params: dict) -> dict
     params["unet_config"]["params"].update(TINY_UNET, **unet_heads)
     params["first_stage_config"]["params"]["ddconfig"].update(TINY_VAE)
     params["cond_stage_config"]["params"].update(text_params)
+    return config
+
+
+def tiny_sdxl_config(family_config: str, unet_changes: dict) -> dict:
+    config = load_model_config(CONFIGS_DIR / family_config)
+    params = config["model"]["params"]
+    params["image_size"] = TINY_DEFAULT_LATENT_SIZE
+    params["unet_config"]["params"].update(TINY_SDXL_UNET, **unet_changes)
+    params["first_stage_config"]["params"]["ddconfig"].update(TINY_VAE)
+    for embedder in params["cond_stage_config"]["params"]["emb_models"]:
+        if embedder["target"].endswith(".FrozenCLIPEmbedder"):
+            embedder["params"].update(TINY_SDXL_CLIP)
+        elif embedder["target"].endswith(".FrozenOpenCLIPEmbedder2"):
+            embedder["params"].update(TINY_BIG_G)
     return config
 
 
@@ -103,15 +135,22 @@ def schedule_buffers(config: dict) -> dict[str, torch.Tensor]:
 
 
 def make_tiny_model(outdir: Path, name: str) -> Path:
-    family_config, unet_heads, text_params, seed = MODELS[name]
-    config = tiny_config(family_config, unet_heads, text_params)
+    if name in SDXL_MODELS:
+        family_config, unet_changes, seed = SDXL_MODELS[name]
+        config, text_params = tiny_sdxl_config(family_config, unet_changes), {}
+    else:
+        family_config, unet_heads, text_params, seed = MODELS[name]
+        config = tiny_config(family_config, unet_heads, text_params)
     model = build_latent_diffusion(config)
     randomize_(model, seed)
     state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
-    state_dict.update(schedule_buffers(config))
+    if name not in SDXL_MODELS:  # generative-models checkpoints have no DDPM buffers
+        state_dict.update(schedule_buffers(config))
     if config["model"]["params"]["cond_stage_config"]["target"].endswith(".FrozenCLIPEmbedder"):
         position_ids = torch.arange(text_params.get("max_position_embeddings", 77))[None]
         state_dict["cond_stage_model.transformer.text_model.embeddings.position_ids"] = position_ids
+    if "conditioner.embedders.1.model.positional_embedding" in state_dict:  # SDXL base: CLIP-L's legacy buffer too
+        state_dict["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     from omegaconf import OmegaConf
 
     OmegaConf.save(OmegaConf.create(config), outdir / f"{name}.yaml")
@@ -314,7 +353,7 @@ def make_tiny_helpers(outdir: str | Path) -> dict[str, Path]:
 def make_tiny_models(outdir: str | Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return {name: make_tiny_model(outdir, name) for name in MODELS}
+    return {name: make_tiny_model(outdir, name) for name in [*MODELS, *SDXL_MODELS]}
 
 
 if __name__ == "__main__":

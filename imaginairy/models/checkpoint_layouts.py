@@ -29,7 +29,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 EMA_PREFIX = "model_ema."
-COMPONENT_PREFIXES = (UNET_PREFIX, VAE_PREFIX, "cond_stage_model.")
+TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.")  # SD 1/2, SDXL
+COMPONENT_PREFIXES = (UNET_PREFIX, VAE_PREFIX, *TEXT_ENCODER_PREFIXES)
 SD2_CONTEXT_DIM = 1024  # OpenCLIP ViT-H's width, the UNet's cross-attention context in SD 2.x
 FLAT_CLIP_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
 # key prefixes of the families imaginairy does not load, and their names
@@ -159,7 +160,12 @@ def completed_components(state_dict: dict, model: torch.nn.Module, config_path, 
                 components[key] = state_dict[ema_unet_key(key)]
         if any(k.startswith(UNET_PREFIX) for k in components):
             logger.info("%s holds only EMA UNet weights (model_ema.*); using them", weights_name)
-    missing = [p for p in (VAE_PREFIX, "cond_stage_model.") if not any(k.startswith(p) for k in components)]
+    text_prefix = TEXT_ENCODER_PREFIXES[1] if hasattr(model, "conditioner") else TEXT_ENCODER_PREFIXES[0]
+    missing = [p for p in (VAE_PREFIX, text_prefix) if not any(k.startswith(p) for k in components)]
+    if text_prefix == TEXT_ENCODER_PREFIXES[1] and missing:
+        what = " and ".join("VAE" if prefix == VAE_PREFIX else "text encoders" for prefix in missing)
+        raise ModelLoadError(f"{weights_name} has no {what} weights, and imaginairy has no default SDXL components "
+                             "to fill them in with: use a complete SDXL checkpoint (a VAE can be given with --vae)")
     if missing:
         components.update(_default_components(missing, model, weights_name))
     return components

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,11 +11,17 @@ import torch
 from imaginairy.errors import IncompatibleModelError, ModelLoadError, first_line
 from imaginairy.models.registry import CONFIGS_DIR, ModelSpec
 from imaginairy.models.weights import resolve_weights
-from imaginairy.modules.diffusion import TEXT_ENCODERS, LatentDiffusion, build_latent_diffusion
+from imaginairy.modules.diffusion import (
+    TEXT_ENCODERS,
+    LatentDiffusion,
+    build_latent_diffusion,
+    from_generative_models_layout,
+)
 
 logger = logging.getLogger(__name__)
 
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+SDXL_LABEL_EMB_KEY = "model.diffusion_model.label_emb.0.0.weight"
 
 
 CONTEXT_DIM_CONFIGS = {768: "sd-v1", 1024: "sd-v2"}
@@ -30,7 +37,7 @@ def load_model_config(path: str | Path) -> dict:
     from omegaconf import OmegaConf
 
     try:
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        config = from_generative_models_layout(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
         params = config["model"]["params"]
         target = params["cond_stage_config"]["target"].rsplit(".", 1)[-1]
         params["unet_config"]["params"], params["first_stage_config"]["params"]["ddconfig"]
@@ -83,7 +90,10 @@ def infer_config_path(state_dict: dict, weights_name: str) -> Path:
             raise IncompatibleModelError(f"{weights_name} is a {architecture} model, which imaginairy does not load")
         raise ModelLoadError(f"{weights_name} is not a Stable Diffusion checkpoint (no {UNET_IN_KEY})")
     inpainting = state_dict[UNET_IN_KEY].shape[1] == 9
-    if any(k.startswith("cond_stage_model.model.") for k in state_dict):
+    sdxl = sdxl_architecture(state_dict, inpainting)
+    if sdxl is not None:
+        name = sdxl
+    elif any(k.startswith("cond_stage_model.model.") for k in state_dict):
         if inpainting:
             name = "sd-v2-inpainting"
         else:
@@ -96,6 +106,20 @@ def infer_config_path(state_dict: dict, weights_name: str) -> Path:
         raise ModelLoadError(f"{weights_name}: unrecognised text encoder weights; pass --model-config with its yaml")
     logger.info("architecture of %s inferred as %s", weights_name, name)
     return CONFIGS_DIR / f"{name}.yaml"
+
+
+def sdxl_architecture(state_dict: dict, inpainting: bool) -> str | None:
+    """SDXL checkpoints carry the added-embedding MLP (`label_emb`) and a `conditioner`: base and inpainting have
+    CLIP ViT-L as embedder 0 and OpenCLIP bigG as 1 (2816 added inputs), the refiner OpenCLIP bigG as 0 (2560).
+    Key names as diffusers' single-file loader tells them apart (CHECKPOINT_KEY_NAMES xl_base / xl_refiner)."""
+    if SDXL_LABEL_EMB_KEY not in state_dict:
+        return None
+    if any(k.startswith("conditioner.embedders.0.model.") for k in state_dict):
+        return "sdxl-refiner"
+    if any(k.startswith("conditioner.embedders.1.model.") for k in state_dict):
+        return "sdxl-inpainting" if inpainting else "sdxl-base"
+    raise ModelLoadError("checkpoint has an SDXL UNet but no SDXL text encoders (conditioner.embedders.*); "
+                         "pass --model-config with its yaml")
 
 
 def load_diffusion_model(
@@ -116,6 +140,8 @@ def load_diffusion_model(
         logger.info("VAE from %s", vae)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("first_stage_model.")}
         state_dict.update(vae_state_dict(vae))
+    if spec.settings:
+        model.settings = dataclasses.replace(model.settings, **dict(spec.settings))
     component_weights = completed_components(state_dict, model, config_path, weights_path.name)
     del state_dict
     for name, tensor in component_weights.items():  # one tensor at a time: each drops its mapped file pages

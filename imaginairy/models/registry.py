@@ -7,10 +7,12 @@ the weights with the same stem (`model.safetensors` + `model.yaml`), or inferred
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imaginairy.errors import InvalidInputError, ModelNotFoundError
 
@@ -26,6 +28,9 @@ class ModelSpec:
     weights: str
     config_path: Path | None
     description: str = ""
+    # Per-model values of modules.diffusion.DiffusionSettings that override the architecture config's
+    # (default_size, timestep_spacing): a Turbo model shares its architecture yaml with the model it was distilled from.
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,6 +44,7 @@ def registered_models() -> dict[str, ModelSpec]:
             weights=entry["weights"],
             config_path=CONFIGS_DIR / entry["config"],
             description=entry.get("description", ""),
+            settings=tuple(entry.get("settings", {}).items()),
         )
         for name, entry in entries.items()
     }
@@ -52,7 +58,7 @@ def resolve_model(model: str, model_config: str | os.PathLike | None = None) -> 
         spec = models[model]
         if config_path is None:
             return spec
-        return ModelSpec(spec.name, spec.weights, config_path, spec.description)
+        return dataclasses.replace(spec, config_path=config_path)
     if model.startswith(("hf://", "https://", "http://")):
         return ModelSpec(name=_stem(model), weights=model, config_path=config_path)
     path = Path(model).expanduser()

@@ -7,6 +7,11 @@
 
 Both take the CompVis config params (`cond_stage_config.params`) as constructor arguments and compute exactly
 what CompVis `FrozenCLIPEmbedder` / Stability `FrozenOpenCLIPEmbedder` compute.
+
+- `SDXLTextEncoders` (SDXL): the checkpoint's `conditioner.embedders.*`, built from the `emb_models` of a Stability
+  generative-models config: CLIP ViT-L (penultimate hidden state) and `OpenCLIPPooledTextEncoder` (OpenCLIP
+  ViT-bigG/14 as `FrozenOpenCLIPEmbedder2`: penultimate hidden state and the pooled, projected final state); the
+  refiner has the OpenCLIP one only.
 """
 
 import math
@@ -147,14 +152,22 @@ class CLIPTextEncoder(nn.Module):
         return x if self.layer == "hidden" else text_model.final_layer_norm(x)
 
 
+def fill_missing_logit_scale(module, state_dict, prefix, *unused_load_args):
+    """Load-state-dict pre-hook of `OpenCLIPTextTower`: `logit_scale` (CLIP's training temperature, unused for
+    conditioning) is dropped from some merged SDXL checkpoints; it gets OpenCLIP's initial value instead."""
+    state_dict.setdefault(prefix + "logit_scale", torch.tensor(math.log(1 / 0.07)))
+
+
 class OpenCLIPTextTower(nn.Module):
     """The text half of an OpenCLIP model, named exactly like the checkpoint's `cond_stage_model.model.*`.
 
-    `text_projection` and `logit_scale` are unused for conditioning; they exist so real checkpoints load strictly.
+    `text_projection` and `logit_scale` are unused for conditioning (SDXL uses the projection for its pooled
+    output); they exist so real checkpoints load strictly. A missing `logit_scale` is filled in.
     """
 
     def __init__(self, width, layers, heads, context_length, vocab_size, output_dim, mlp_ratio):
         super().__init__()
+        self.register_load_state_dict_pre_hook(fill_missing_logit_scale)
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.transformer = Transformer(width=width, layers=layers, heads=heads, mlp_ratio=mlp_ratio)
@@ -236,3 +249,82 @@ class OpenCLIPTextEncoder(nn.Module):
         device = self.model.token_embedding.weight.device
         token_ids = tokenize(texts, pad_token=self.pad_token, max_length=self.context_length)
         return self.encode_tokens(token_ids.to(device))
+
+
+class OpenCLIPPooledTextEncoder(OpenCLIPTextEncoder):
+    """SDXL's OpenCLIP ViT-bigG/14 encoder, as Stability's `FrozenOpenCLIPEmbedder2` with `legacy: False` and
+    `always_return_pooled: True`: the hidden state before the last block *without* the final layer norm (unlike
+    SD 2.x), and the pooled output: the final layer norm of the last block's output at the end-of-text token (the
+    first highest id of each row), times `text_projection`.
+    """
+
+    def __init__(self, layer: str = "penultimate", legacy: bool = False, always_return_pooled: bool = True,
+                 **params):
+        if layer != "penultimate" or legacy or not always_return_pooled:
+            raise ValueError("SDXL's OpenCLIP encoder needs layer=penultimate, legacy=False, always_return_pooled=True")
+        super().__init__(layer=layer, **params)
+
+    def encode_tokens_pooled(self, token_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [batch, 77] -> (penultimate hidden states [batch, 77, width], pooled [batch, output_dim])."""
+        model = self.model
+        length = token_ids.shape[1]
+        x = model.token_embedding(token_ids) + model.positional_embedding[:length]
+        mask = causal_attention_mask(length, x.dtype, x.device)
+        *blocks, last_block = model.transformer.resblocks
+        for block in blocks:
+            x = block(x, attn_mask=mask)
+        final = model.ln_final(last_block(x, attn_mask=mask))
+        end_of_text = final[torch.arange(final.shape[0]), token_ids.argmax(dim=-1)]
+        return x, end_of_text @ model.text_projection
+
+    def encode_tokens(self, token_ids: torch.LongTensor) -> torch.Tensor:
+        return self.encode_tokens_pooled(token_ids)[0]
+
+
+SDXL_EMBEDDERS = {"FrozenCLIPEmbedder": CLIPTextEncoder, "FrozenOpenCLIPEmbedder2": OpenCLIPPooledTextEncoder}
+# Embedders of the size / crop / aesthetic-score numbers: no weights, computed by modules.diffusion.size_embedding.
+SDXL_NUMBER_EMBEDDER = "ConcatTimestepEmbedderND"
+
+
+class SDXLTextEncoders(nn.Module):
+    """The text part of SDXL's `conditioner`: prompts -> (context [batch, 77, sum of widths], pooled [batch, P]).
+
+    `emb_models` is the list of a generative-models config (`conditioner_config.params.emb_models`); its text
+    embedders become `embedders.0`, `embedders.1` in order (the checkpoint's names), each tokenizing with its own
+    padding; the hidden states are concatenated in that order, the pooled output is the OpenCLIP encoder's. The
+    number embedders after them have no weights and are left to the caller (`size_embedding`).
+    """
+
+    def __init__(self, emb_models: list[dict]):
+        super().__init__()
+        encoders, self.number_keys = [], []
+        for entry in emb_models:
+            kind = entry["target"].rsplit(".", 1)[-1]
+            if kind == SDXL_NUMBER_EMBEDDER:
+                self.number_keys.append(entry.get("input_key"))
+            elif kind in SDXL_EMBEDDERS:
+                if self.number_keys:
+                    raise ValueError("SDXL conditioner config: text embedders must come before the number embedders")
+                encoders.append(SDXL_EMBEDDERS[kind](**entry.get("params", {})))
+            else:
+                raise ValueError(f"SDXL conditioner config: embedder {kind!r} is not supported")
+        pooled = [encoder for encoder in encoders if isinstance(encoder, OpenCLIPPooledTextEncoder)]
+        if len(pooled) != 1:
+            raise ValueError("SDXL conditioner config needs exactly one FrozenOpenCLIPEmbedder2 (the pooled output)")
+        self.embedders = nn.ModuleList(encoders)
+
+    @property
+    def has_clip_l(self) -> bool:
+        return any(isinstance(encoder, CLIPTextEncoder) for encoder in self.embedders)
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], None
+        for encoder in self.embedders:
+            device = next(encoder.parameters()).device
+            token_ids = tokenize(texts, pad_token=encoder.pad_token, max_length=encoder.context_length).to(device)
+            if isinstance(encoder, OpenCLIPPooledTextEncoder):
+                states, pooled = encoder.encode_tokens_pooled(token_ids)
+            else:
+                states = encoder.encode_tokens(token_ids)
+            hidden.append(states)
+        return torch.cat(hidden, dim=-1), pooled

@@ -1,7 +1,9 @@
 """The Stable Diffusion denoising UNet, in the CompVis `openaimodel.UNetModel` parameter layout.
 
-Built from the `unet_config.params` of a CompVis model config, so SD 1.x / 2.x checkpoints (`model.diffusion_model.*`)
-load with strict=True. forward(x, timesteps, context) returns the model's prediction (noise or v) for latents x.
+Built from the `unet_config.params` of a CompVis model config (SD 1.x / 2.x) or the `network_config.params` of a
+Stability generative-models config (SDXL: `sd_xl_base.yaml`, `sd_xl_refiner.yaml`), so the checkpoints'
+`model.diffusion_model.*` tensors load with strict=True. forward(x, timesteps, context, y) returns the model's
+prediction (noise or v) for latents x; `y` is SDXL's added embedding input (pooled text and size embeddings).
 """
 
 import torch
@@ -15,14 +17,13 @@ from imaginairy.modules.layers import TileableConv2d, group_norm, repeat_batch, 
 # CompVis options that would change the architecture; only their defaults are supported.
 UNSUPPORTED_CONFIG_DEFAULTS = {
     "dims": 2,
-    "num_classes": None,
     "use_scale_shift_norm": False,
     "resblock_updown": False,
     "conv_resample": True,
     "num_heads_upsample": -1,
     "disable_self_attentions": None,
     "num_attention_blocks": None,
-    "adm_in_channels": None,
+    "disable_middle_self_attn": False,
 }
 
 
@@ -31,8 +32,18 @@ def check_unet_config(ignored_config: dict) -> None:
         if key in ignored_config and ignored_config[key] != default:
             raise ModelLoadError(
                 f"UNet config sets {key}={ignored_config[key]!r}, which imaginairy does not support; "
-                f"use a Stable Diffusion 1.x/2.x config"
+                f"use a Stable Diffusion 1.x/2.x/XL config"
             )
+
+
+def depth_per_level(transformer_depth, levels: int) -> list[int]:
+    """`transformer_depth` is one depth for every level (SD 1/2, SDXL refiner) or a list by level (SDXL base:
+    [1, 2, 10], the first unused since the top level has no attention)."""
+    if isinstance(transformer_depth, int):
+        return [transformer_depth] * levels
+    if len(transformer_depth) != levels:
+        raise ModelLoadError(f"UNet config: transformer_depth {list(transformer_depth)} needs one depth per level")
+    return [int(depth) for depth in transformer_depth]
 
 
 class ResBlock(nn.Module):
@@ -112,6 +123,9 @@ class TimestepBlock(nn.ModuleList):
 class UNetModel(nn.Module):
     """Takes the CompVis `unet_config.params`: SD 1.x sets num_heads (1x1-conv projections in the transformers),
     SD 2.x sets num_head_channels and use_linear_in_transformer; in_channels=9 gives the inpainting UNet.
+    SDXL also sets a transformer depth per level and `num_classes: sequential` with `adm_in_channels`: the width of
+    the added embedding `y` (`label_emb`, an MLP like `time_embed`, whose output is added to the time embedding):
+    2816 for the base model (1280 pooled text + 6 sizes x 256), 2560 for the refiner (1280 + 5 x 256).
     Keys that do not change the architecture (image_size, use_checkpoint, use_fp16, legacy, dropout...) are ignored.
     """
 
@@ -125,30 +139,47 @@ class UNetModel(nn.Module):
         channel_mult=(1, 2, 4, 8),
         num_heads: int = -1,
         num_head_channels: int = -1,
-        context_dim: int | None = None,
-        transformer_depth: int = 1,
+        context_dim=None,
+        transformer_depth=1,
         use_linear_in_transformer: bool = False,
+        num_classes: str | None = None,
+        adm_in_channels: int | None = None,
         **ignored_config,
     ):
         super().__init__()
         check_unet_config(ignored_config)
         if (num_heads == -1) == (num_head_channels == -1):
             raise ModelLoadError("UNet config must set exactly one of num_heads and num_head_channels")
+        if num_classes not in (None, "sequential") or (num_classes == "sequential") != (adm_in_channels is not None):
+            raise ModelLoadError(
+                f"UNet config sets num_classes={num_classes!r}, adm_in_channels={adm_in_channels!r}: imaginairy "
+                f"supports only the SDXL added embedding (num_classes: sequential with adm_in_channels) or neither"
+            )
+        if isinstance(context_dim, (list, tuple)):  # SDXL refiner configs give one width per level, all the same
+            if len(set(context_dim)) != 1:
+                raise ModelLoadError(f"UNet config: context_dim {list(context_dim)} must be one width")
+            context_dim = context_dim[0]
         self.model_channels = model_channels
+        self.adm_in_channels = adm_in_channels
         attention_resolutions = set(attention_resolutions)
+        depths = depth_per_level(transformer_depth, len(channel_mult))
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
         )
+        if adm_in_channels is not None:
+            self.label_emb = nn.Sequential(
+                nn.Sequential(
+                    nn.Linear(adm_in_channels, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim)
+                )
+            )
 
-        def attention_layer(channels: int) -> SpatialTransformer:
+        def attention_layer(channels: int, depth: int) -> SpatialTransformer:
             if num_head_channels == -1:
                 heads, dim_head = num_heads, channels // num_heads
             else:
                 heads, dim_head = channels // num_head_channels, num_head_channels
-            return SpatialTransformer(
-                channels, heads, dim_head, transformer_depth, context_dim, use_linear_in_transformer
-            )
+            return SpatialTransformer(channels, heads, dim_head, depth, context_dim, use_linear_in_transformer)
 
         self.input_blocks = nn.ModuleList([TimestepBlock([TileableConv2d(in_channels, model_channels, 3, padding=1)])])
         skip_channels = [model_channels]
@@ -159,7 +190,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(channels, time_embed_dim, model_channels * mult)]
                 channels = model_channels * mult
                 if downsampling in attention_resolutions:
-                    layers.append(attention_layer(channels))
+                    layers.append(attention_layer(channels, depths[level]))
                 self.input_blocks.append(TimestepBlock(layers))
                 skip_channels.append(channels)
             if level != len(channel_mult) - 1:
@@ -170,7 +201,7 @@ class UNetModel(nn.Module):
         self.middle_block = TimestepBlock(
             [
                 ResBlock(channels, time_embed_dim, channels),
-                attention_layer(channels),
+                attention_layer(channels, depths[-1]),
                 ResBlock(channels, time_embed_dim, channels),
             ]
         )
@@ -181,7 +212,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(channels + skip_channels.pop(), time_embed_dim, model_channels * mult)]
                 channels = model_channels * mult
                 if downsampling in attention_resolutions:
-                    layers.append(attention_layer(channels))
+                    layers.append(attention_layer(channels, depths[level]))
                 if level and index == num_res_blocks:
                     layers.append(Upsample(channels))
                     downsampling //= 2
@@ -191,22 +222,38 @@ class UNetModel(nn.Module):
             group_norm(channels), nn.SiLU(inplace=True), TileableConv2d(channels, out_channels, 3, padding=1)
         )
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x: latents [B, in_channels, H, W] in the model dtype; timesteps: [B] (or scalar), may be fractional;
-        context: text embeddings [k*B, tokens, context_dim] in the model dtype.
+        context: text embeddings [k*B, tokens, context_dim] in the model dtype; y (SDXL only, required there):
+        the added embedding input [k*B, adm_in_channels], one row per context row.
 
         With k > 1 contexts per latent (classifier-free guidance: k = 2, [uncond; cond]), the output is that of the
         latents stacked k times, [x; x], but the layers before the first cross-attention, whose rows would be
-        identical, run once on B rows.
+        identical, run once on B rows. With `y` the rows differ from the first ResBlock (the embedding added there
+        differs), so the latents are stacked at the start.
         """
         if context is not None and context.shape[0] % x.shape[0]:
             raise ValueError(f"context batch {context.shape[0]} is not a multiple of the latent batch {x.shape[0]}")
+        if (y is None) != (self.adm_in_channels is None):
+            needs = "needs" if y is None else "takes no"
+            raise ValueError(f"this UNet {needs} the added embedding input y (SDXL pooled text and sizes)")
         timesteps = timesteps.expand(x.shape[0]) if timesteps.ndim == 0 else timesteps
         time_features = timestep_embedding(timesteps, self.model_channels)
         emb = self.time_embed(time_features.to(self.time_embed[0].weight.dtype))
 
-        skips = []
         h = x
+        if y is not None:
+            if y.shape[0] % x.shape[0] or (context is not None and y.shape[0] != context.shape[0]):
+                raise ValueError(f"y batch {y.shape[0]} must be the context batch, a multiple of the latent batch")
+            emb = repeat_batch(emb, y.shape[0]) + self.label_emb(y.to(emb.dtype))
+            h = repeat_batch(x, y.shape[0])
+        skips = []
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)

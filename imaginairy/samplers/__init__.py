@@ -11,12 +11,14 @@
   [N, tokens, dim], `unet_inputs` any further UNet inputs by keyword (the 9-channel inpainting channels, SDXL's
   `y`, a ControlNet hint: a new kind of conditioning is a new keyword, not a new code path here).
   Classifier-free guidance calls it once with the batch `[uncond, cond]` (diffusers' order) and uses
-  `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale == 1` it is called with `cond` only.
+  `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale` 1, or 0 (guidance off, the few-step Turbo
+  models' setting, as in diffusers), it is called with `cond` only.
   `cond` and `uncond` (context tensors or `Conditioning`s, which add per-side inputs such as `y`) have the batch
   size of `noise`; `unet_inputs` (shared by both sides) go to every call unchanged.
 - `schedule`: the `NoiseSchedule` the model was trained with; `sigma_schedule` how the k-samplers space their
-  sigmas on it (`SCHEDULES`: "uniform", the model's own, "karras", "exponential", "simple"). DDIM, PLMS and the
-  DPM fast/adaptive samplers take only "uniform".
+  sigmas on it (`SCHEDULES`: "uniform", the model's own, "karras", "exponential", "simple"; or a model's own
+  `MODEL_SCHEDULES`: "trailing" for the Turbo models). DDIM, PLMS and the DPM fast/adaptive samplers take only
+  "uniform".
 - `noise`: unit Gaussian noise [B, 4, h, w] drawn by the caller from the seed, on the device to run on.
 - `steps`: the number of steps of the full (txt2img) schedule.
 - img2img: with `init_latent`, only the last `min(int(steps * denoise_strength), steps)` steps run (diffusers'

@@ -66,10 +66,12 @@ def guided_model_fn(
     The conditioning batch is `[uncond, cond]`, the order diffusers uses; the latents go in once, shared by both (the
     UNet widens them to the context batch where they first differ). The output is
     `uncond + guidance_scale * (cond - uncond)`. A scale of 1 is the conditional output alone, so the unconditional
-    half is not computed. `unet_inputs` go to every call unchanged.
+    half is not computed; so is a scale of 0, which means "no guidance" (distilled Turbo models are sampled so;
+    diffusers also skips the unconditional pass there) rather than the unconditional output alone. `unet_inputs` go
+    to every call unchanged.
     """
     cond, uncond, shared = Conditioning.of(cond), Conditioning.of(uncond), dict(unet_inputs or {})
-    if guidance_scale == 1:
+    if guidance_scale in (0, 1):
         return lambda x, t: model_fn(x, t, cond.context, **shared, **cond.extra)
     both = Conditioning.stacked(uncond, cond)
 

@@ -56,6 +56,10 @@ def schedule_sigmas(denoiser, schedule: str, steps: int) -> torch.Tensor:
         return sampling.get_sigmas_karras(steps, sigma_min, sigma_max, rho=KARRAS_RHO, device=device)
     if schedule == "exponential":
         return sampling.get_sigmas_exponential(steps, sigma_min, sigma_max, device=device)
+    if schedule == "trailing":  # diffusers' timestep_spacing="trailing" (its Turbo recipe): t = round(T - k*T/n) - 1
+        num_timesteps = len(denoiser.sigmas)
+        timesteps = torch.round(torch.arange(num_timesteps, 0, -num_timesteps / steps, dtype=torch.float64)) - 1
+        return sampling.append_zero(denoiser.t_to_sigma(timesteps.to(denoiser.sigmas)))
     if schedule == "simple":
         stride = len(denoiser.sigmas) / steps
         picked = [denoiser.sigmas[-(1 + int(i * stride))] for i in range(steps)]

@@ -25,7 +25,14 @@ from imaginairy.samplers.ddim import ddim_timesteps, sample_ddim
 from imaginairy.samplers.kdiffusion import discrete_denoiser, reported_total, run_sigmas, sample_kdiffusion
 from imaginairy.samplers.plms import sample_plms
 from imaginairy.samplers.schedule import NoiseSchedule
-from imaginairy.samplers.table import DEFAULT_SCHEDULE, PREDICTION_TYPES, SAMPLER_TYPES, SAMPLERS_BY_NAME, SCHEDULES
+from imaginairy.samplers.table import (
+    DEFAULT_SCHEDULE,
+    MODEL_SCHEDULES,
+    PREDICTION_TYPES,
+    SAMPLER_TYPES,
+    SAMPLERS_BY_NAME,
+    SCHEDULES,
+)
 
 
 @torch.no_grad()
@@ -89,7 +96,7 @@ def check_inputs(
     if prediction_type not in PREDICTION_TYPES:
         valid = ", ".join(PREDICTION_TYPES)
         raise InvalidInputError(f"Unknown prediction type {prediction_type!r}: use one of {valid}.")
-    if sigma_schedule not in SCHEDULES:
+    if sigma_schedule not in (*SCHEDULES, *MODEL_SCHEDULES):
         raise InvalidInputError(f"Unknown schedule {sigma_schedule!r}: use one of {', '.join(SCHEDULES)}.")
     if sigma_schedule != DEFAULT_SCHEDULE and SAMPLERS_BY_NAME[sampler_type].family != "k":
         raise InvalidInputError(

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 #   evenly spaced whole training timesteps (A1111's and ComfyUI's "Simple").
 SCHEDULES = ("uniform", "karras", "exponential", "simple")
 DEFAULT_SCHEDULE = "uniform"
+# Schedules a model sets for itself, not prompt options: "trailing", diffusers' timestep_spacing="trailing" (step k of
+# n at timestep round(T - k * T / n) - 1), what the few-step Turbo models were distilled at (1 step: t = 999).
+MODEL_SCHEDULES = ("trailing",)
 # What a model's UNet predicts: the noise (SD 1.x, SD 2 base) or v (SD 2 768-v).
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 

@@ -9,9 +9,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
-    create_unet_diffusers_config_from_ldm,
     create_vae_diffusers_config_from_ldm,
 )
+from diffusers_reference import sdxl_aware_unet_config
 from omegaconf import OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "imaginairy" / "configs"
@@ -41,6 +41,25 @@ TINY_UNET_SD2 = {
     "use_fp16": False,
 }
 TINY_UNET_SD1_INPAINTING = {**TINY_UNET_SD1, "in_channels": 9}
+# SDXL-shaped (sd_xl_base.yaml network_config at toy size): no attention at the top level, a transformer depth per
+# level, the added embedding of 32 pooled text features + 6 size numbers x 256.
+TINY_UNET_SDXL = {
+    **TINY_UNET_SD2,
+    "channel_mult": [1, 2, 2],
+    "attention_resolutions": [4, 2],
+    "transformer_depth": [1, 1, 2],
+    "context_dim": 80,
+    "num_classes": "sequential",
+    "adm_in_channels": 32 + 6 * 256,
+}
+# The refiner's shape: one depth for all levels, no attention at the top and bottom level, 5 numbers (aesthetic score).
+TINY_UNET_SDXL_REFINER = {
+    **TINY_UNET_SDXL,
+    "channel_mult": [1, 2, 2, 2],
+    "transformer_depth": 2,
+    "context_dim": 48,
+    "adm_in_channels": 48 + 5 * 256,
+}
 
 TINY_DDCONFIG = {
     "double_z": True,
@@ -88,7 +107,7 @@ def diffusers_unet_from_ours(unet: torch.nn.Module, unet_params: dict):
     returns (model, converted state dict)."""
     return diffusers_model_from_ours(
         unet, "model.diffusion_model.", ldm_config(unet_params, TINY_DDCONFIG), UNet2DConditionModel,
-        create_unet_diffusers_config_from_ldm, convert_ldm_unet_checkpoint,
+        sdxl_aware_unet_config, convert_ldm_unet_checkpoint,
     )  # fmt: skip
 
 

@@ -1,10 +1,15 @@
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
+from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm
 from sd_reference import (
+    CONFIG_DIR,
     REAL_CONFIG_NAMES,
     TINY_UNET_SD1,
     TINY_UNET_SD1_INPAINTING,
     TINY_UNET_SD2,
+    TINY_UNET_SDXL,
+    TINY_UNET_SDXL_REFINER,
     diffusers_unet_from_ours,
     max_relative_error,
     randomize_parameters,
@@ -12,6 +17,8 @@ from sd_reference import (
 )
 
 from imaginairy.errors import ModelLoadError
+from imaginairy.models.loading import load_model_config
+from imaginairy.modules.diffusion import size_embedding
 from imaginairy.modules.layers import TileableConv2d, set_tile_mode, timestep_embedding
 from imaginairy.modules.unet import UNetModel
 
@@ -215,3 +222,90 @@ def test_bfloat16_forward_is_close_to_float32():
 
     assert half.dtype == torch.bfloat16
     assert max_relative_error(half, full) < BFLOAT16_TOLERANCE
+
+
+SDXL_LAYOUTS = {"sdxl-base": (TINY_UNET_SDXL, 6), "sdxl-refiner": (TINY_UNET_SDXL_REFINER, 5)}
+
+
+def sdxl_inputs(params: dict, numbers: int, batch: int = 2, seed: int = 2):
+    """Pooled text [batch, P] and micro-conditioning numbers [batch, numbers] (sizes, crops, aesthetic score)."""
+    generator = torch.Generator().manual_seed(seed)
+    pooled = torch.randn(batch, params["adm_in_channels"] - 256 * numbers, generator=generator)
+    sizes = torch.randint(0, 1100, (batch, numbers), generator=generator).float()
+    return pooled, sizes
+
+
+@pytest.mark.parametrize("timesteps", TIMESTEPS.values(), ids=TIMESTEPS.keys())
+@pytest.mark.parametrize("params, numbers", SDXL_LAYOUTS.values(), ids=SDXL_LAYOUTS.keys())
+def test_sdxl_unet_matches_diffusers_text_time_embedding(params, numbers, timesteps):
+    """diffusers computes the added embedding from (text_embeds, time_ids) itself; ours takes y = [pooled | sizes
+    embedded], so this also checks size_embedding and the order of y."""
+    unet = tiny_unet(params)
+    reference, _ = diffusers_unet_from_ours(unet, params)
+    latents, context = unet_inputs(params)
+    pooled, sizes = sdxl_inputs(params, numbers)
+    timesteps = torch.tensor(timesteps)
+
+    with torch.no_grad():
+        ours = unet(latents, timesteps, context, y=torch.cat([pooled, size_embedding(sizes)], dim=1))
+        expected = reference(latents, timesteps, encoder_hidden_states=context,
+                             added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}).sample
+        without_sizes = unet(latents, timesteps, context, y=torch.cat([pooled, size_embedding(sizes * 0)], dim=1))
+
+    assert expected.abs().max() > 0.1
+    assert max_relative_error(ours, expected) < PARITY_TOLERANCE
+    assert max_relative_error(without_sizes, expected) > 1e-3  # the sizes reach the output
+
+
+def test_sdxl_cfg_batch_with_different_pooled_rows_matches_diffusers_on_repeated_latents():
+    unet = tiny_unet(TINY_UNET_SDXL)
+    reference, _ = diffusers_unet_from_ours(unet, TINY_UNET_SDXL)
+    latents, _ = unet_inputs(TINY_UNET_SDXL)
+    context = torch.randn(4, 7, TINY_UNET_SDXL["context_dim"], generator=torch.Generator().manual_seed(5))
+    pooled, sizes = sdxl_inputs(TINY_UNET_SDXL, 6, batch=4)
+    timesteps = torch.tensor([999.0, 10.0])
+
+    with torch.no_grad():
+        ours = unet(latents, timesteps, context, y=torch.cat([pooled, size_embedding(sizes)], dim=1))
+        expected = reference(latents.repeat(2, 1, 1, 1), timesteps.repeat(2), encoder_hidden_states=context,
+                             added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}).sample
+
+    assert ours.shape == (4, 4, 16, 16)
+    assert max_relative_error(ours, expected) < PARITY_TOLERANCE
+
+
+def test_sdxl_unet_requires_y_and_sd_unet_refuses_it():
+    latents, context = unet_inputs(TINY_UNET_SDXL)
+    with pytest.raises(ValueError, match="needs the added embedding"):
+        tiny_unet(TINY_UNET_SDXL)(latents, torch.tensor(1.0), context)
+    latents, context = unet_inputs(TINY_UNET_SD2)
+    with pytest.raises(ValueError, match="takes no"):
+        tiny_unet(TINY_UNET_SD2)(latents, torch.tensor(1.0), context, y=torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("params", [TINY_UNET_SDXL, TINY_UNET_SDXL_REFINER], ids=["base", "refiner"])
+def test_sdxl_key_set_is_exactly_what_diffusers_converter_maps(params):
+    unet = tiny_unet(params)
+    reference, converted = diffusers_unet_from_ours(unet, params)
+    assert len(converted) == len(unet.state_dict())
+    assert set(converted) == set(reference.state_dict())
+
+
+@pytest.mark.parametrize("config_name, first_attention_channels, adm", [("sdxl-base", 640, 2816),
+                                                                        ("sdxl-refiner", 768, 2560)])
+def test_sdxl_real_configs_build_the_official_layout(config_name, first_attention_channels, adm):
+    """Our UNet from the real SDXL configs has the parameter count and key count of diffusers' UNet configured by
+    diffusers from the same yaml (it knows SDXL at its real widths): SDXL base 2,567,463,684 parameters."""
+    config = load_model_config(CONFIG_DIR / f"{config_name}.yaml")
+    params = config["model"]["params"]["unet_config"]["params"]
+    with torch.device("meta"):
+        unet = UNetModel(**params)
+        reference = UNet2DConditionModel(**create_unet_diffusers_config_from_ldm(config, {}))
+    state = unet.state_dict()
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert len(state) == len(reference.state_dict())
+    if config_name == "sdxl-base":
+        assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert state["label_emb.0.0.weight"].shape == (params["model_channels"] * 4, adm)
+    assert "input_blocks.1.1.norm.weight" not in state  # no attention at the top level
+    assert state["input_blocks.4.1.proj_in.weight"].shape == (first_attention_channels,) * 2

@@ -135,9 +135,11 @@ def test_face_fixing_gets_the_prompts_fidelity_and_its_image_is_the_final_one(mo
     assert images["face_fixed"].getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_setting(tmp_path):
+def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_setting(tmp_path, monkeypatch):
     """Offline with nothing cached: the model, the upscaler, both face models, BLIP, CLIPSeg and the safety checker
     (mode filter) are all named at once, each with the setting that points at a local copy."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # caches other tests of this process did not fill
+    monkeypatch.setenv("IMAGINAIRY_CACHE_DIR", str(tmp_path / "empty-cache"))
     from click.testing import CliRunner
     from PIL import Image
 
@@ -194,6 +196,7 @@ def test_make_tiny_models_writes_every_helper_model_and_the_settings_that_find_t
     from PIL import Image
 
     from imaginairy.api import fetch_weights_first
+    from imaginairy.settings import Settings
 
     make_tiny_helpers(tmp_path / "helpers")
     settings = dict(line.split("=", 1) for line in (tmp_path / "helpers" / "helpers.env").read_text().splitlines())
@@ -203,4 +206,4 @@ def test_make_tiny_models_writes_every_helper_model_and_the_settings_that_find_t
     Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
     fetch_weights_first([ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), init_image=str(tmp_path / "init.png"),
                                        mask_prompt="dog", fix_faces=True, upscale=True, caption=True,
-                                       safety_mode="filter")])
+                                       safety_mode="filter")], Settings.from_environment())

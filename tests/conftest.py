@@ -53,6 +53,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_controlnets(tmp_path_factory) -> dict[str, Path]:
+    """Tiny ControlNets for tiny-sd15 (scripts/make_tiny_models.py: name -> .pth path or diffusers folder)."""
+    from make_tiny_models import make_tiny_controlnets
+
+    return make_tiny_controlnets(tmp_path_factory.mktemp("tiny-controlnets"))
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """A static file server on 127.0.0.1 serving `tmp_path/www`; yields (base_url, directory)."""

@@ -13,7 +13,8 @@
   Classifier-free guidance calls it once with the batch `[uncond, cond]` (diffusers' order) and uses
   `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale == 1` it is called with `cond` only.
   `cond` and `uncond` (context tensors or `Conditioning`s, which add per-side inputs such as `y`) have the batch
-  size of `noise`; `unet_inputs` (shared by both sides) go to every call unchanged.
+  size of `noise`; `unet_inputs` (shared by both sides) go to every call unchanged, except `StepDependent` ones
+  (the ControlNets, active in a window of the steps), which give their value at the current step.
 - `schedule`: the `NoiseSchedule` the model was trained with; `sigma_schedule` how the k-samplers space their
   sigmas on it (`SCHEDULES`: "uniform", the model's own, "karras", "exponential", "simple"). DDIM, PLMS and the
   DPM fast/adaptive samplers take only "uniform".

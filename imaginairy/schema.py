@@ -123,8 +123,9 @@ class ControlInput:
 
             raise InvalidInputError(f"Control mode {mode!r} has no preprocessor yet: {ready_hint_advice(mode)}.")
         thresholds = tuple(self.canny_thresholds)
-        if len(thresholds) != 2 or not all(_is_int(v) and 0 <= v <= 255 for v in thresholds) or thresholds[0] > thresholds[1]:
-            raise InvalidInputError(f"canny thresholds must be two whole numbers 0-255, low <= high; got {thresholds!r}.")
+        in_range = len(thresholds) == 2 and all(_is_int(v) and 0 <= v <= 255 for v in thresholds)
+        if not in_range or thresholds[0] > thresholds[1]:
+            raise InvalidInputError(f"canny thresholds must be two whole numbers 0-255, low <= high; got {thresholds}.")
         if self.model is not None:
             _check_control_model(self.model, mode)
         object.__setattr__(self, "canny_thresholds", thresholds)

@@ -122,7 +122,8 @@ def make_tiny_controlnet(outdir: Path, name: str, seed: int, unet_overrides: dic
     from imaginairy.modules.controlnet import ORIGINAL_PREFIX, ControlNet
 
     config = tiny_config(*MODELS["tiny-sd15"][:3])
-    control_params = {**config["model"]["params"]["unet_config"]["params"], **(unet_overrides or {}), "hint_channels": 3}
+    unet_params = config["model"]["params"]["unet_config"]["params"]
+    control_params = {**unet_params, **(unet_overrides or {}), "hint_channels": 3}
     control_params.pop("out_channels")
     config["model"]["params"]["control_stage_config"] = {"target": "cldm.cldm.ControlNet", "params": control_params}
     controlnet = ControlNet(**control_params)

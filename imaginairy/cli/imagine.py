@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from imaginairy.cli.control import control_inputs, control_options
 from imaginairy.cli.errors import reported_errors
 from imaginairy.schema import (
     DEFAULT_EDIT_MODEL,
@@ -78,10 +79,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
+@control_options
 def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, mask_prompt,
                 mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
                 height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
-                memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
+                memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet,
+                **control_settings):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
     \b
@@ -92,6 +95,7 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
     if not prompt_texts:
         raise click.UsageError('give at least one prompt, e.g. imagine "a scenic landscape"')
     with reported_errors():
+        controls = control_inputs(**control_settings)
         prompts = [
             ImaginePrompt(
                 text,
@@ -121,6 +125,7 @@ def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init
                 upscale=upscale,
                 caption=caption,
                 safety_mode=safety_mode,
+                control_inputs=controls,
             )
             for text in prompt_texts
             for repeat in range(repeats)

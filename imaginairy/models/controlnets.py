@@ -48,7 +48,9 @@ def controlnet_config(weights_path: Path) -> dict:
             "params"
         ]
     except Exception as e:
-        raise ModelLoadError(f"{path} is not a ControlNet config (model.params.control_stage_config.params): {e}") from e
+        raise ModelLoadError(
+            f"{path} is not a ControlNet config (model.params.control_stage_config.params): {e}"
+        ) from e
 
 
 def config_from_diffusers(config: dict) -> dict:

@@ -34,8 +34,8 @@ def test_residuals_match_diffusers(tiny_controlnets, layout):
     t = torch.tensor([321.0, 321.0])
     with torch.inference_mode():
         residuals = ours(x, t[:1], context, hint)
-        down, mid = reference(x.repeat(2, 1, 1, 1), t, encoder_hidden_states=context, controlnet_cond=hint.repeat(2, 1, 1, 1),
-                              return_dict=False)
+        down, mid = reference(x.repeat(2, 1, 1, 1), t, encoder_hidden_states=context,
+                              controlnet_cond=hint.repeat(2, 1, 1, 1), return_dict=False)
     expected = [*down, mid]
     assert len(residuals) == len(expected)
     for ours_residual, reference_residual in zip(residuals, expected):
@@ -52,7 +52,8 @@ def test_both_layouts_load_the_same_weights(tiny_controlnets):
 
 def test_sd15_level_without_attention_maps_downsamplers():
     # SD 1.5's last level has no attention: its down_blocks.3 resnets are input blocks 10 and 11
-    assert original_key_from_diffusers("down_blocks.3.resnets.1.conv1.weight", 2) == "input_blocks.11.0.in_layers.2.weight"
+    key = original_key_from_diffusers("down_blocks.3.resnets.1.conv1.weight", 2)
+    assert key == "input_blocks.11.0.in_layers.2.weight"
     assert original_key_from_diffusers("down_blocks.2.downsamplers.0.conv.bias", 2) == "input_blocks.9.0.op.bias"
     assert original_key_from_diffusers("controlnet_cond_embedding.blocks.5.weight", 2) == "input_hint_block.12.weight"
 

@@ -5,7 +5,8 @@ The parameter layout is that of lllyasviel's `cldm.cldm.ControlNet` (the public 
 under `control_model.`): `time_embed`, `input_hint_block` (the hint encoder: eight 3x3 convolutions with SiLU
 between, three of them stride 2, so a hint at pixel size lands on the latent grid), `input_blocks` and
 `middle_block` (the UNet's, built by our `UNetModel`), `zero_convs` (a 1x1 convolution per input block, zero at
-the start of training) and `middle_block_out`. The hint embedding is added after the first input block (the latent's 3x3 input convolution).
+the start of training) and `middle_block_out`. The hint embedding is added after the first input block (the
+latent's 3x3 input convolution).
 
 diffusers' `ControlNetModel` layout (`controlnet_cond_embedding`, `down_blocks`, `controlnet_down_blocks`,
 `controlnet_mid_block`, ...) is converted to ours by `original_keys_from_diffusers`, the inverse of the mapping that

@@ -36,7 +36,8 @@ def imagine(
     from imaginairy.utils.devices import as_device, default_device
 
     settings = settings if settings is not None else Settings.from_environment()
-    device = as_device(device) if device is not None else default_device(settings.device or "")  # "": the settings name none
+    # "" when the settings name no device: the best one present, without reading the environment again
+    device = as_device(device) if device is not None else default_device(settings.device or "")
     cache = model_cache if model_cache is not None else shared_model_cache(device.type)
     prompts = normalize_prompts(prompts)
     fetch_weights_first(prompts, settings)

@@ -7,9 +7,10 @@ passed down; the modules below take its values as explicit arguments.
 | `IMAGINAIRY_SAFETY_MODE` | `safety_mode`: off, classify, filter (for prompts that set none) | classify |
 | `IMAGINAIRY_SAFETY_CHECKER_MODEL` | `safety_checker_model`: a local copy of the safety checker's repo | the hub |
 | `IMAGINAIRY_BLIP_MODEL` | `blip_model`: a local copy of the BLIP caption model's repo | the hub |
-| `IMAGINAIRY_CLIPSEG_MODEL` | `clipseg_model`: the CLIPSeg folder or hub repo id for mask prompts | CIDAS/clipseg-rd64-refined |
+| `IMAGINAIRY_CLIPSEG_MODEL` | `clipseg_model`: CLIPSeg folder or hub repo id (mask prompts) | (below) |
 
-The weights cache (`HF_HOME`, `HF_HUB_CACHE`, `IMAGINAIRY_CACHE_DIR`, ...) is read by `imaginairy.models.weights`.
+The CLIPSeg default is the refined model, `CIDAS/clipseg-rd64-refined`. The weights cache (`HF_HOME`,
+`HF_HUB_CACHE`, `IMAGINAIRY_CACHE_DIR`, ...) is read by `imaginairy.models.weights`.
 """
 
 from __future__ import annotations

@@ -255,3 +255,21 @@ def test_the_prompts_schedule_reaches_the_sampler(tiny_models, cache):
     karras = latent(sampler_type="k_dpmpp_2m", schedule="karras")
     assert torch.equal(latent(sampler_type="DPM++ 2M Karras"), karras)
     assert not torch.allclose(karras, latent(sampler_type="k_dpmpp_2m"), atol=1e-3)
+
+
+def test_large_images_are_encoded_and_decoded_by_the_vae_in_tiles(tiny_models, cache, monkeypatch):
+    """Above 1024 px a side (128 latent pixels) both VAE directions run in tiles; at 64 px neither does."""
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
+    calls = []
+    encode, decode = model.encode_image, model.decode_latent
+    monkeypatch.setattr(model, "encode_image", lambda pixels, tiled=False: calls.append(("encode", tiled)) or
+                        encode(pixels, tiled=tiled))
+    monkeypatch.setattr(model, "decode_latent", lambda latent, tiled=False: calls.append(("decode", tiled)) or
+                        decode(latent, tiled=tiled))
+    for width, tiled in ((1088, True), (64, False)):
+        calls.clear()
+        init = Image.new("RGB", (width, 64), "gray")
+        prompt = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=2, seed=1, width=width, height=64,
+                               init_image=init, init_image_strength=0.5, precision="full", safety_mode="off")
+        pipeline.generate(prompt, model, device=torch.device("cpu"))
+        assert calls == [("encode", tiled), ("decode", tiled)], width

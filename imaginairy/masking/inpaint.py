@@ -155,7 +155,9 @@ def prepare_edit(
     return Edit(masked.frame_image.width, masked.frame_image.height, masked.init_image, masked)
 
 
-def masked_canvas(prompt: ImaginePrompt, default_size: int, device: torch.device | str, clipseg_model: str) -> MaskedCanvas:
+def masked_canvas(
+    prompt: ImaginePrompt, default_size: int, device: torch.device | str, clipseg_model: str
+) -> MaskedCanvas:
     """The MaskedCanvas a prompt (with `is_edit(prompt)`) describes."""
     original = prompt.init_image.as_pil()
     described = described_mask(prompt, original, device, clipseg_model)

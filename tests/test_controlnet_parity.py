@@ -89,3 +89,40 @@ def test_controlnet_txt2img_matches_diffusers(tiny_models, tiny_controlnets, tmp
           f"control moved the latent by {(latent - uncontrolled).abs().max():.2e}")
     torch.testing.assert_close(latent, reference_latent, **LATENT_TOLERANCE)
     assert (latent - uncontrolled).abs().max() > 1e-2  # the control did something, well above the tolerance
+
+
+def test_controlnet_img2img_matches_diffusers(tiny_models, tiny_controlnets):
+    """img2img: diffusers' StableDiffusionControlNetImg2ImgPipeline given our init latent (it would sample the VAE
+    posterior where we take its mean) and a generator with our seed, from which both draw the same noise first."""
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from imaginairy.utils.images import pil_to_tensor
+
+    weights_path = tiny_models["tiny-sd15"]
+    hint_source, init = control_image(7), control_image(8, (64, 72))
+    control = ControlInput("tile", image=hint_source, strength=0.9, start=0.0, end=0.7,
+                           model=str(tiny_controlnets["tiny-controlnet-sd15"]))
+    prompt = ImaginePrompt("a red apple", negative_prompt="blurry", model=str(weights_path), steps=8, seed=42,
+                           sampler_type="ddim", width=64, height=72, precision="full", init_image=init,
+                           init_image_strength=0.4, control_inputs=[control])
+    model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+    with torch.inference_mode():
+        cond = pipeline.weighted_text_embedding(model, prompt.prompts)
+        uncond = pipeline.weighted_text_embedding(model, prompt.negative_prompts)
+        latent = pipeline.generate_latent(prompt, model)
+        edit = pipeline.prepare_edit(prompt, 64, "cpu")
+        init_latent = model.encode_image(pil_to_tensor(edit.init_image)).float()
+        scheduler, call = scheduler_and_call("ddim", prompt.steps)
+        reference = diffusers_pipeline(
+            StableDiffusionControlNetImg2ImgPipeline, weights_path, scheduler,
+            controlnet=ControlNetModel.from_pretrained(tiny_controlnets["tiny-controlnet-sd15-diffusers"]).eval())
+        reference_latent = reference(
+            prompt_embeds=cond, negative_prompt_embeds=uncond, image=init_latent, control_image=hint_source,
+            strength=1 - prompt.init_image_strength, generator=torch.Generator().manual_seed(prompt.seed),
+            guidance_scale=prompt.prompt_strength, height=prompt.height, width=prompt.width,
+            controlnet_conditioning_scale=0.9, control_guidance_start=0.0, control_guidance_end=0.7,
+            output_type="latent", **call,
+        ).images
+    print(f"max |latent difference| {(latent - reference_latent).abs().max():.2e}")
+    torch.testing.assert_close(latent, reference_latent, **LATENT_TOLERANCE)
+    assert (latent - init_latent).abs().max() > 0.1

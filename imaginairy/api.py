@@ -85,11 +85,13 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> Non
     """Before any generation, get every weights file the prompts need (downloading what is not cached) and settle
     each safety mode (`filter` without its checker fails here), so a missing file stops the run before the work
     rather than after it."""
+    from imaginairy.control.modes import CONTROL_MODES
     from imaginairy.enhancers.describe import blip_model_dir
     from imaginairy.enhancers.face_fix import CODEFORMER_WEIGHTS, RETINAFACE_WEIGHTS
     from imaginairy.enhancers.safety import ensure_safety_available
     from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
     from imaginairy.masking.clipseg import clipseg_folder
+    from imaginairy.models.controlnets import controlnet_weights_file
     from imaginairy.models.registry import resolve_model
     from imaginairy.models.weights import resolve_weights
 
@@ -103,6 +105,8 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> Non
             locations.update((RETINAFACE_WEIGHTS, CODEFORMER_WEIGHTS))
     for location in sorted(locations):
         resolve_weights(location)
+    for control in {c.model or CONTROL_MODES[c.mode].weights for prompt in prompts for c in prompt.control_inputs}:
+        controlnet_weights_file(str(control))
     if any(prompt.caption for prompt in prompts):
         blip_model_dir(settings.blip_model)
     if any(prompt.mask_prompt for prompt in prompts):

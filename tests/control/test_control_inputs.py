@@ -61,3 +61,15 @@ def test_control_image_file_that_is_not_an_image_fails_in_one_line(tiny_models, 
     with pytest.raises(ImageLoadError) as error:
         list(imagine([prompt]))
     assert "notes.png" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_controlnet_weights_stop_the_run_before_it_starts(tiny_models):
+    from imaginairy.api import fetch_weights_first
+    from imaginairy.errors import WeightsUnavailableError
+    from imaginairy.settings import Settings
+
+    prompt = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1, control_inputs=[
+        ControlInput("canny", IMAGE)], safety_mode="off")
+    with pytest.raises(WeightsUnavailableError, match="control_v11p_sd15_canny.pth") as error:
+        fetch_weights_first([prompt], Settings.from_environment())
+    assert "\n" not in str(error.value)

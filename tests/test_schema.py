@@ -144,6 +144,7 @@ ENHANCE_AND_EDIT_DEFAULTS = {
     "mask_modify_original": True,
     "outpaint": None,
     "seamless_boost": 0.0,
+    "control_inputs": [],
 }
 
 

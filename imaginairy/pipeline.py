@@ -177,6 +177,7 @@ def prepare_controls(
         location = control.model or CONTROL_MODES[control.mode].weights
         controlnet = load_controlnet(str(location), str(device), dtype)
         check_fits(controlnet, model.unet, str(location))
+        set_tile_mode(controlnet, prompt.tile_mode)
         hint_pixels = hint_tensor(hint).to(device=device, dtype=dtype, memory_format=torch.channels_last)
         controls.append(Control(controlnet, hint_pixels, control.strength, control.start, control.end))
         hints["control" if index == 0 else f"control-{index + 1}"] = hint

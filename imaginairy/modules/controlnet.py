@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from imaginairy.errors import ModelLoadError
-from imaginairy.modules.layers import timestep_embedding
+from imaginairy.modules.layers import TileableConv2d, timestep_embedding
 from imaginairy.modules.unet import Downsample, ResBlock, TimestepBlock, UNetModel
 
 ORIGINAL_PREFIX = "control_model."
@@ -32,11 +32,11 @@ DIFFUSERS_MARKER_KEY = "controlnet_cond_embedding.conv_in.weight"
 def hint_encoder(hint_channels: int, model_channels: int) -> nn.Sequential:
     """cldm's `input_hint_block`: Sequential indices 0, 2, ..., 14 are the convolutions (SiLU at the odd ones); each
     width of HINT_CHANNELS has a 3x3 convolution keeping it and one to the next width at stride 2."""
-    layers: list[nn.Module] = [nn.Conv2d(hint_channels, HINT_CHANNELS[0], 3, padding=1), nn.SiLU()]
+    layers: list[nn.Module] = [TileableConv2d(hint_channels, HINT_CHANNELS[0], 3, padding=1), nn.SiLU()]
     for width, next_width in zip(HINT_CHANNELS, HINT_CHANNELS[1:]):
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
-        layers += [nn.Conv2d(width, next_width, 3, padding=1, stride=2), nn.SiLU()]
-    layers.append(nn.Conv2d(HINT_CHANNELS[-1], model_channels, 3, padding=1))
+        layers += [TileableConv2d(width, width, 3, padding=1), nn.SiLU()]
+        layers += [TileableConv2d(width, next_width, 3, padding=1, stride=2), nn.SiLU()]
+    layers.append(TileableConv2d(HINT_CHANNELS[-1], model_channels, 3, padding=1))
     return nn.Sequential(*layers)
 
 

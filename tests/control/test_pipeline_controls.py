@@ -57,3 +57,15 @@ def test_two_controls_give_two_hints_and_strength_zero_is_no_control(tiny_models
         _, hints = pipeline.prepare_controls(prompt, model, pipeline.prepare_edit(prompt, 64, "cpu"), "cpu")
     torch.testing.assert_close(controlled, plain, atol=1e-6, rtol=0)
     assert sorted(hints) == ["control", "control-2"]
+
+
+def test_tile_mode_reaches_the_controlnet(tiny_models, tiny_controlnets):
+    from imaginairy.modules.layers import TileableConv2d
+
+    control = ControlInput("tile", photo(), model=str(tiny_controlnets["tiny-controlnet-sd15"]))
+    prompt = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=2, control_inputs=[control], width=64,
+                           height=64, tile_mode="xy")
+    model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+    stack, _ = pipeline.prepare_controls(prompt, model, pipeline.prepare_edit(prompt, 64, "cpu"), "cpu")
+    convs = [m for m in stack.controls[0].controlnet.modules() if isinstance(m, TileableConv2d)]
+    assert len(convs) > 8 and all(conv.tile_mode == "xy" for conv in convs)  # hint encoder and UNet blocks

@@ -73,7 +73,7 @@ def result_of(prompt: ImaginePrompt, images: dict[str, Image.Image], metadata: d
         from imaginairy.utils.metadata import build_metadata
 
         metadata = build_metadata(prompt, *images["generated"].size)
-    return ImagineResult(images=images, prompt=prompt, metadata=metadata)
+    return ImagineResult(images=images, prompt=prompt, metadata=dict(metadata))
 
 
 @torch.inference_mode()

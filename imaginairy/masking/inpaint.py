@@ -47,7 +47,7 @@ from imaginairy.errors import EmptyMaskError
 from imaginairy.masking.outpaint import OutpaintAmounts, expand_canvas, frequency_matched_noise, parse_outpaint_spec
 from imaginairy.modules.autoencoder import LATENT_SCALE
 from imaginairy.schema import MAX_SIDE, ImaginePrompt
-from imaginairy.settings import CLIPSEG_MODEL_ENV, Settings  # noqa: F401 (CLIPSEG_MODEL_ENV: named in the docstring)
+from imaginairy.settings import Settings
 from imaginairy.utils.images import has_transparent_pixels, pil_to_tensor, resize_and_crop
 
 logger = logging.getLogger(__name__)

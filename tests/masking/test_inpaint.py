@@ -15,7 +15,6 @@ from imaginairy.api import imagine_image_files
 from imaginairy.errors import EmptyMaskError, InvalidInputError, MaskExpressionError
 from imaginairy.masking.clipseg import load_clipseg, mask_from_expression
 from imaginairy.masking.inpaint import (
-    CLIPSEG_MODEL_ENV,
     cover_box,
     inpainting_mask_and_image,
     mask_tensor,
@@ -23,6 +22,7 @@ from imaginairy.masking.inpaint import (
 )
 from imaginairy.models.cache import ModelCache
 from imaginairy.models.registry import resolve_model
+from imaginairy.settings import CLIPSEG_MODEL_ENV
 
 WIDTH, HEIGHT = 80, 64  # the init image; generation is 64x64, so the frame is a centre crop
 MODELS = ["tiny-sd15", "tiny-sd15-inpainting"]

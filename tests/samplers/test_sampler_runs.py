@@ -265,3 +265,25 @@ def test_ddim_timesteps_start_near_pure_noise_for_every_step_count(steps):
     assert 999 - timesteps[0] < 2 * max(1000 // steps, 1) and (steps == 1 or timesteps[-1] in (0, 1))
     if steps in (5, 20, 50):  # CompVis' and diffusers' leading spacing, kept for parity
         assert timesteps == [1 + i * (1000 // steps) for i in reversed(range(steps))]
+
+
+def test_per_side_and_shared_unet_inputs_reach_the_model_by_keyword(model, schedule, inputs):
+    """A Conditioning's extra inputs are batched [uncond, cond] like the context; `unet_inputs` go in unchanged."""
+    from imaginairy.samplers import Conditioning
+
+    seen = []
+
+    def model_with_inputs(x, t, context, *, y, hint):
+        seen.append((context, y, hint))
+        return model(x, t, context) + y.mean() * 0 + hint.mean() * 0
+
+    y_cond, y_uncond, hint = torch.ones(2, 5), torch.zeros(2, 5), torch.full((1, 3, 8, 8), 0.5)
+    cond = Conditioning(inputs["cond"], {"y": y_cond})
+    uncond = Conditioning(inputs["uncond"], {"y": y_uncond})
+    with_inputs = sample("ddim", model_with_inputs, schedule, generator=torch.Generator(), unet_inputs={"hint": hint},
+                         **{**inputs, "cond": cond, "uncond": uncond})
+    context, y, shared = seen[0]
+    assert torch.equal(context, torch.cat([inputs["uncond"], inputs["cond"]]))
+    assert torch.equal(y, torch.cat([y_uncond, y_cond])) and shared is hint
+    assert len(seen) == inputs["steps"]
+    torch.testing.assert_close(with_inputs, run("ddim", model, schedule, inputs))

@@ -2,7 +2,8 @@
 
 diffusers' model is its own folder (written by diffusers' own converter from the original-layout file), so the key
 mapping, the hint encoder and the encoder maths are checked independently of our code. float32 on both sides,
-sums in different orders: the residuals (values up to ~10) differ by ~1e-6; we allow 1e-5 relative.
+sums in different orders: the residuals (values up to ~11) differ by at most ~1e-5 (~1e-6 relative); we allow
+5e-5 absolute + 1e-5 relative. A swapped hint-encoder layer or a missed zero convolution moves them by >1e-1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from imaginairy.errors import ModelLoadError
 from imaginairy.models.controlnets import check_fits, load_controlnet
 from imaginairy.modules.controlnet import original_key_from_diffusers
 
-TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+TOLERANCE = {"atol": 5e-5, "rtol": 1e-5}
 
 
 def inputs(batch=1, contexts=2, height=8, width=12):

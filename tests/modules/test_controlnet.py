@@ -3,7 +3,7 @@
 diffusers' model is its own folder (written by diffusers' own converter from the original-layout file), so the key
 mapping, the hint encoder and the encoder maths are checked independently of our code. float32 on both sides,
 sums in different orders: the residuals (values up to ~11) differ by at most ~1e-5 (~1e-6 relative); we allow
-5e-5 absolute + 1e-5 relative. A swapped hint-encoder layer or a missed zero convolution moves them by >1e-1.
+5e-5 absolute + 1e-5 relative.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ we load), resizes the control image with its own image processor, and applies `c
 images here are not at the generation size, so the resizing is compared too.
 
 Tolerance as in test_pipeline_parity.py: float32 on both sides, sums in different orders; the final latents differ
-by ~1e-5 (ddim) / ~3e-4 (k_euler). We allow 1e-3 absolute + 1e-3 relative; a strength left out, a window off by
-one step or a missing hint moves them by >1e-2 (checked below against the run without control).
+by ~6e-5-9e-5 (ddim; img2img 2e-5) / ~3e-4 (k_euler). We allow 1e-3 absolute + 1e-3 relative. The controls
+move the final latents by 5 to 40 from the run without them (checked below), so the residuals' scale and window
+matter far above the tolerance.
 """
 
 from __future__ import annotations

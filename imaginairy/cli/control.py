@@ -8,6 +8,9 @@ from imaginairy.cli.errors import reported_errors
 from imaginairy.control.modes import CONTROL_MODES
 
 MODE_NAMES = tuple(CONTROL_MODES)
+# the parameters `control_options` adds, all taken by `control_inputs`
+CONTROL_OPTIONS = ("control_modes", "control_images", "control_strengths", "control_starts", "control_ends",
+                   "control_models", "control_image_is_hint")
 
 
 def control_options(command):

@@ -92,10 +92,12 @@ def imagine_image_files(
     return paths
 
 
-def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> None:
+def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings | None = None) -> None:
     """Before any generation, get every weights file the prompts need (downloading what is not cached) and settle
     each safety mode (`filter` without its checker fails here), so a missing file stops the run before the work
-    rather than after it. Every file that cannot be had is named in one error, not one per run."""
+    rather than after it. Every file that cannot be had is named in one error, not one per run. `settings` are
+    read from the environment when not given."""
+    settings = settings if settings is not None else Settings.from_environment()
     from imaginairy.control.modes import CONTROL_MODES
     from imaginairy.enhancers.describe import blip_model_dir
     from imaginairy.enhancers.face_fix import CODEFORMER, RETINAFACE

@@ -10,6 +10,7 @@ The names below are imported on first use, so importing the package (and startin
 import importlib
 
 __all__ = [
+    "ControlInput",
     "ImaginePrompt",
     "ImagineResult",
     "LazyLoadingImage",
@@ -22,6 +23,7 @@ __all__ = [
 _LOCATIONS = {
     "imagine": "imaginairy.api",
     "imagine_image_files": "imaginairy.api",
+    "ControlInput": "imaginairy.schema",
     "ImaginePrompt": "imaginairy.schema",
     "ImagineResult": "imaginairy.schema",
     "LazyLoadingImage": "imaginairy.utils.images",

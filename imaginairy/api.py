@@ -108,12 +108,14 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings | None 
     rather than after it. Every file that cannot be had is named in one error, not one per run. `settings` are
     read from the environment when not given."""
     settings = settings if settings is not None else Settings.from_environment()
+    from imaginairy.control.modes import CONTROL_MODES
     from imaginairy.enhancers.describe import blip_model_dir
     from imaginairy.enhancers.face_fix import CODEFORMER, RETINAFACE
     from imaginairy.enhancers.safety import ensure_safety_available
     from imaginairy.enhancers.upscale import REALESRGAN
     from imaginairy.errors import SafetyCheckUnavailableError, WeightsUnavailableError
     from imaginairy.masking.clipseg import clipseg_folder
+    from imaginairy.models.controlnets import controlnet_weights_file
     from imaginairy.models.loading import resolve_checkpoint
     from imaginairy.models.registry import resolve_model
 
@@ -131,6 +133,9 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings | None 
             fetches["blip"] = lambda: blip_model_dir(settings.blip_model)
         if prompt.mask_prompt:
             fetches["clipseg"] = lambda: clipseg_folder(settings.clipseg_model)
+        for control in prompt.control_inputs:
+            location = str(control.model or CONTROL_MODES[control.mode].weights)
+            fetches[location] = lambda location=location: controlnet_weights_file(location)
     missing = []
     for fetch in fetches.values():
         try:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from imaginairy.control.guidance import ControlStack
 from imaginairy.errors import InvalidInputError, NonFiniteOutputError
 from imaginairy.masking.inpaint import Edit, prepare_edit
 from imaginairy.models.runtime import model_device, model_dtype, precision_context, submodel_on, unet_function
@@ -58,13 +59,15 @@ def generate(
     if edit.init_image is not None and prompt.init_image_strength >= 1:
         logger.info("init image strength is 1: the init image is returned unchanged")
         return result_of(prompt, {"generated": edit.unchanged_image}, metadata)
+    controls, hints = prepare_controls(prompt, model, edit, device)
     latent = generate_latent(prompt, model, edit, progress_callback=progress_callback, cancel_event=cancel_event,
-                             device=device)
+                             device=device, controls=controls)
     decoded = edit.composite(decode(prompt, model, latent, device))
     images, notes = postprocess(decoded, prompt, latent.device, settings)
     result = result_of(prompt, images, metadata)
     result.metadata.update(notes)
     result.images.update(edit.finish(result.img))
+    result.images.update(hints)
     return result
 
 
@@ -85,9 +88,10 @@ def generate_latent(
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
     device: torch.device | None = None,
+    controls: ControlStack | None = None,
 ) -> torch.Tensor:
-    """Steps 1-3: the final latent (float32) for a prompt whose size is resolved; `edit` is the prompt's
-    (`prepare_edit`), prepared here when not given.
+    """Steps 1-3: the final latent (float32) for a prompt whose size is resolved; `edit` and `controls` are the
+    prompt's (`prepare_edit`, `prepare_controls`), prepared here when not given.
 
     A 4-channel model blends the edit's kept region back at every step; an inpainting (9-channel) model is
     conditioned on the edit's mask and masked image instead (on "regenerate everything" without masks).
@@ -102,6 +106,9 @@ def generate_latent(
     with precision_context(prompt.precision, device):
         cond, uncond = text_conditioning(prompt, model, device)
         init_latent, unet_inputs = image_conditioning(prompt, model, edit, needs_tiles(noise), device)
+        controls = controls if controls is not None else prepare_controls(prompt, model, edit, device)[0]
+        if controls is not None:
+            unet_inputs["control"] = controls
         schedule = NoiseSchedule(model.settings.linear_start, model.settings.linear_end, model.settings.num_timesteps)
         with submodel_on(model.model, device, prompt.memory_mode):
             return sample(
@@ -163,6 +170,35 @@ def image_conditioning(
             masked_latent = model.encode_image(masked_image.to(device=device, dtype=model_dtype(model))).float()
             unet_inputs["concat"] = torch.cat([mask.to(device), masked_latent], dim=1)
     return init_latent, unet_inputs
+
+
+def prepare_controls(
+    prompt: ImaginePrompt, model: LatentDiffusion, edit: Edit, device: torch.device
+) -> tuple[ControlStack | None, dict[str, Image.Image]]:
+    """Step 2: the prompt's ControlNets, each with its hint at the generation size made from its control image (or
+    the init image), as one UNet input (None without control inputs); and the hints by result image kind
+    ("control", then "control-2", ...)."""
+    if not prompt.control_inputs:
+        return None, {}
+    from imaginairy.control.guidance import Control
+    from imaginairy.control.modes import CONTROL_MODES
+    from imaginairy.control.preprocess import hint_tensor, make_hint
+    from imaginairy.models.controlnets import check_fits, load_controlnet
+
+    dtype = model_dtype(model)
+    controls, hints = [], {}
+    for index, control in enumerate(prompt.control_inputs):
+        source = control.image.as_pil() if control.image is not None else edit.init_image
+        hint = make_hint(control.mode, source, prompt.width, prompt.height, preprocess=control.preprocess,
+                         canny_thresholds=control.canny_thresholds)
+        location = control.model or CONTROL_MODES[control.mode].weights
+        controlnet = load_controlnet(str(location), str(device), dtype)
+        check_fits(controlnet, model.unet, str(location))
+        set_tile_mode(controlnet, prompt.tile_mode)
+        hint_pixels = hint_tensor(hint).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+        controls.append(Control(controlnet, hint_pixels, control.strength, control.start, control.end))
+        hints["control" if index == 0 else f"control-{index + 1}"] = hint
+    return ControlStack(controls), hints
 
 
 def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.Tensor:

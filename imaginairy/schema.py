@@ -113,6 +113,74 @@ class LoRA:
         return {"path_or_name": self.path_or_name, "weight": float(self.weight)}
 
 
+@dataclasses.dataclass(frozen=True)
+class ControlInput:
+    """One ControlNet for a prompt (imaginairy.control). `mode` is one of `CONTROL_MODES` (it picks the public
+    checkpoint and the preprocessor); `image` the control image (a path, URL, PIL image or LazyLoadingImage; None:
+    the prompt's init image); `strength` multiplies the ControlNet's residuals; it acts in the steps between the
+    fractions `start` and `end` of the run. `preprocess=False` takes the image as the ready hint. `model` is an
+    explicit ControlNet weights file or diffusers folder instead of the mode's checkpoint. `canny_thresholds` are
+    the low and high hysteresis thresholds of the canny preprocessor."""
+
+    mode: str
+    image: Any = None
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocess: bool = True
+    model: str | None = None
+    canny_thresholds: tuple = (100, 200)
+
+    def __post_init__(self):
+        from imaginairy.control.modes import CONTROL_MODES, UNSUPPORTED_MODES
+
+        if self.mode in UNSUPPORTED_MODES:
+            raise InvalidInputError(f"Control mode {self.mode!r} is not supported: {UNSUPPORTED_MODES[self.mode]}.")
+        mode = _check_choice(self.mode, "control mode", tuple(CONTROL_MODES))
+        object.__setattr__(self, "image", _as_lazy_image(self.image, "control image"))
+        if not _is_real(self.strength) or not 0 <= self.strength <= 10:
+            raise InvalidInputError(f"control strength must be a number from 0 to 10, got {self.strength!r}.")
+        start, end = (_check_unit_interval(v, f"control {n}") for v, n in ((self.start, "start"), (self.end, "end")))
+        if start >= end:
+            raise InvalidInputError(f"control start {start} must be below control end {end}.")
+        object.__setattr__(self, "preprocess", _check_flag(self.preprocess, "control preprocess"))
+        if self.preprocess and CONTROL_MODES[mode].preprocessor is None:
+            from imaginairy.control.preprocess import ready_hint_advice
+
+            raise InvalidInputError(f"Control mode {mode!r} has no preprocessor yet: {ready_hint_advice(mode)}.")
+        thresholds = tuple(self.canny_thresholds)
+        in_range = len(thresholds) == 2 and all(_is_int(v) and 0 <= v <= 255 for v in thresholds)
+        if not in_range or thresholds[0] > thresholds[1]:
+            raise InvalidInputError(f"canny thresholds must be two whole numbers 0-255, low <= high; got {thresholds}.")
+        if self.model is not None:
+            _check_control_model(self.model, mode)
+        object.__setattr__(self, "canny_thresholds", thresholds)
+        object.__setattr__(self, "mode", mode)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"mode": self.mode, "image": self.image.source if self.image is not None else None,
+                "strength": self.strength, "start": self.start, "end": self.end, "preprocess": self.preprocess,
+                "model": self.model, "canny_thresholds": list(self.canny_thresholds)}
+
+
+def _check_control_model(model: Any, mode: str) -> None:
+    """The file name of an explicit ControlNet checkpoint names its mode (control_v11p_sd15_canny...): refuse one
+    that names another mode."""
+    import re
+
+    from imaginairy.control.modes import CONTROL_MODES, UNSUPPORTED_MODES
+
+    if not isinstance(model, (str, os.PathLike)) or not str(model):
+        raise InvalidInputError(f"control model must be a weights path or location, got {model!r}.")
+    words = set(re.split(r"[^a-z0-9]+", os.path.basename(str(model)).lower()))
+    named = [name for name in (*CONTROL_MODES, *UNSUPPORTED_MODES) if name in words]
+    if named and mode not in named:
+        raise InvalidInputError(
+            f"control model {os.path.basename(str(model))} is a {named[0]} ControlNet but the mode is {mode!r}:"
+            f" use --control-mode {named[0]} or a {mode} ControlNet."
+        )
+
+
 @dataclasses.dataclass
 class ImaginePrompt:
     """Everything that decides one generated image. Defaults are defined here and nowhere else.
@@ -158,6 +226,7 @@ class ImaginePrompt:
     prompt_syntax: str = "a1111"
     clip_skip: int = 1
     embeddings: Any = ()  # textual-inversion files or folders; an embedding is used where its name is in a prompt
+    control_inputs: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         loras = _check_loras(self.loras)
@@ -204,6 +273,7 @@ class ImaginePrompt:
         self.prompt_syntax = _check_choice(self.prompt_syntax, "prompt_syntax", PROMPT_SYNTAXES)
         self.clip_skip = _check_clip_skip(self.clip_skip)
         self.embeddings = _check_embedding_paths(self.embeddings)
+        self.control_inputs = _check_control_inputs(self)
 
     @property
     def prompts(self) -> list[WeightedPrompt]:
@@ -218,7 +288,10 @@ class ImaginePrompt:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """The default value of every field, by field name (what the CLI shows and uses)."""
-        return {field.name: field.default for field in dataclasses.fields(cls)}
+        return {
+            field.name: field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+            for field in dataclasses.fields(cls)
+        }
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> ImaginePrompt:
@@ -261,6 +334,7 @@ class ImaginePrompt:
             "prompt_syntax": self.prompt_syntax,
             "clip_skip": self.clip_skip,
             "embeddings": list(self.embeddings),
+            "control_inputs": [control.to_metadata() for control in self.control_inputs],
         }
 
 
@@ -496,6 +570,22 @@ def _check_edit_inputs(prompt: ImaginePrompt) -> None:
         raise InvalidInputError("Give either mask_prompt or mask_image, not both.")
     if prompt.model is None:
         prompt.model = DEFAULT_EDIT_MODEL if edit_fields else DEFAULT_MODEL
+
+
+def _check_control_inputs(prompt: ImaginePrompt) -> list[ControlInput]:
+    """ControlInputs (or their metadata dicts); one without an image takes the init image, which must be given."""
+    controls = []
+    for control in prompt.control_inputs or []:
+        if isinstance(control, dict):
+            control = ControlInput(**control)
+        if not isinstance(control, ControlInput):
+            raise InvalidInputError(f"control_inputs must be ControlInput objects, got {type(control).__name__}.")
+        if control.image is None and prompt.init_image is None:
+            raise InvalidInputError(f"The {control.mode} control has no image: give its image or an init_image.")
+        if (control.start, control.end) != (0, 1) and prompt.sampler_type == "k_dpm_adaptive":
+            raise InvalidInputError("k_dpm_adaptive picks its own steps: control start/end need another sampler.")
+        controls.append(control)
+    return controls
 
 
 def _as_lazy_image(value: Any, field: str = "init_image") -> LazyLoadingImage | None:

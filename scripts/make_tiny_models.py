@@ -28,6 +28,10 @@ tiny_clipseg.py, tiny_retinaface.py): tiny-clipseg/, tiny-blip-image-captioning-
 tiny-stable-diffusion-safety-checker/ (transformers folders), tiny-RealESRGAN_x4plus.pth, tiny-codeformer.pth,
 tiny-retinaface.pth, and `helpers.env`, the IMAGINAIRY_*_MODEL settings that point at them (`set -a; . helpers.env`).
 
+It also writes ControlNets for tiny-sd15 (`make_tiny_controlnets`): tiny-controlnet-sd15.pth + .yaml and -sd15-b
+(lllyasviel's layout, keys under `control_model.`), and tiny-controlnet-sd15-diffusers/ (the first one converted by
+diffusers' own converter into a `ControlNetModel` folder; needs diffusers, a test dependency).
+
 Every parameter is drawn from a seeded normal distribution (none left at the zero initialisation of output
 layers), so two implementations that agree on these weights agree on real ones. The files also carry what real
 checkpoints carry besides the networks: the noise-schedule buffers, EMA bookkeeping and, in the SD 1 files, the
@@ -323,6 +327,68 @@ def make_tiny_variants(outdir: str | Path, tiny_sd15: Path) -> dict[str, Path]:
     return paths
 
 
+def make_tiny_controlnet(outdir: Path, name: str, seed: int, unet_overrides: dict | None = None) -> Path:
+    """A tiny ControlNet in lllyasviel's layout (`control_model.*` in a .pth) with its cldm-style yaml beside it
+    (tiny-sd15's config plus `control_stage_config`); `unet_overrides` change its architecture."""
+    from omegaconf import OmegaConf
+
+    from imaginairy.modules.controlnet import ORIGINAL_PREFIX, ControlNet
+
+    config = tiny_config(*MODELS["tiny-sd15"][:3])
+    unet_params = config["model"]["params"]["unet_config"]["params"]
+    control_params = {**unet_params, **(unet_overrides or {}), "hint_channels": 3}
+    control_params.pop("out_channels")
+    config["model"]["params"]["control_stage_config"] = {"target": "cldm.cldm.ControlNet", "params": control_params}
+    controlnet = ControlNet(**control_params)
+    randomize_(controlnet, seed)
+    OmegaConf.save(OmegaConf.create(config), outdir / f"{name}.yaml")
+    weights_path = outdir / f"{name}.pth"
+    save_state_dict({ORIGINAL_PREFIX + k: v.contiguous() for k, v in controlnet.state_dict().items()}, weights_path)
+    return weights_path
+
+
+CONTROLNET_CONFIG_KEYS = (
+    "in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
+    "attention_head_dim", "use_linear_projection", "class_embed_type", "addition_embed_type",
+    "addition_time_embed_dim", "projection_class_embeddings_input_dim", "transformer_layers_per_block",
+)
+
+
+def diffusers_controlnet_folder(original: Path, folder: Path) -> Path:
+    """`original` (a tiny ControlNet with its yaml) converted by diffusers' single-file converter and saved as a
+    diffusers `ControlNetModel` folder (config.json + diffusion_pytorch_model.safetensors)."""
+    import yaml
+    from diffusers import ControlNetModel
+    from diffusers.loaders import single_file_utils as convert
+
+    from imaginairy.models.weights import load_state_dict
+
+    checkpoint = load_state_dict(original)
+    original_config = yaml.safe_load(original.with_suffix(".yaml").read_text())
+    # diffusers 0.42's create_controlnet_diffusers_config_from_ldm calls the UNet config function without its
+    # `checkpoint` argument (a TypeError); its ControlNet config is the UNet's minus the up/out settings, plus the hint
+    unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, checkpoint)
+    config = {key: unet_config[key] for key in CONTROLNET_CONFIG_KEYS}
+    config["conditioning_channels"] = original_config["model"]["params"]["control_stage_config"]["params"][
+        "hint_channels"
+    ]
+    controlnet = ControlNetModel(**config)
+    controlnet.load_state_dict(convert.convert_controlnet_checkpoint(checkpoint, config), strict=True)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_tiny_controlnets(outdir: str | Path) -> dict[str, Path]:
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {"tiny-controlnet-sd15": make_tiny_controlnet(outdir, "tiny-controlnet-sd15", 21),
+             "tiny-controlnet-sd15-b": make_tiny_controlnet(outdir, "tiny-controlnet-sd15-b", 22)}
+    paths["tiny-controlnet-sd15-diffusers"] = diffusers_controlnet_folder(
+        paths["tiny-controlnet-sd15"], outdir / "tiny-controlnet-sd15-diffusers"
+    )
+    return paths
+
+
 HELPER_ENV_VARS = {  # helper model -> (the setting that points at it, its file or folder name)
     "clipseg": ("IMAGINAIRY_CLIPSEG_MODEL", "tiny-clipseg"),
     "blip": ("IMAGINAIRY_BLIP_MODEL", "tiny-blip-image-captioning-base"),
@@ -362,7 +428,7 @@ if __name__ == "__main__":
     arguments = [argument for argument in arguments if argument != "--helpers"]
     if len(arguments) != 1:
         sys.exit(__doc__)
-    for path in make_tiny_models(arguments[0]).values():
+    for path in [*make_tiny_models(arguments[0]).values(), *make_tiny_controlnets(arguments[0]).values()]:
         print(path)
     for path in make_tiny_embeddings(Path(arguments[0]) / "embeddings").values():
         print(path)

@@ -80,6 +80,14 @@ def tiny_variants(tmp_path_factory, tiny_models) -> dict[str, Path]:
     return make_tiny_variants(tmp_path_factory.mktemp("tiny-variants"), tiny_models["tiny-sd15"])
 
 
+@pytest.fixture(scope="session")
+def tiny_controlnets(tmp_path_factory) -> dict[str, Path]:
+    """Tiny ControlNets for tiny-sd15 (scripts/make_tiny_models.py: name -> .pth path or diffusers folder)."""
+    from make_tiny_models import make_tiny_controlnets
+
+    return make_tiny_controlnets(tmp_path_factory.mktemp("tiny-controlnets"))
+
+
 class Routes(dict):
     """URL path -> (status, content type, body); a path under /slow/ waits `slow_seconds` before answering."""
 

@@ -144,6 +144,7 @@ ENHANCE_AND_EDIT_DEFAULTS = {
     "mask_modify_original": True,
     "outpaint": None,
     "seamless_boost": 0.0,
+    "control_inputs": [],
 }
 # The text conditioning fields (imaginairy.prompts); the embeddings are a list in the JSON metadata.
 TEXT_CONDITIONING_DEFAULTS = {"prompt_syntax": "a1111", "clip_skip": 1}

@@ -19,6 +19,7 @@ SHELL_PROMPT = "imaginAIry> "
 SHELL_HISTORY_FILE = "shell_history"
 # commands defined in other modules, imported only when used (or listed by --help)
 LAZY_COMMANDS = {
+    "control-preview": ("imaginairy.cli.control", "control_preview"),
     "imagine": ("imaginairy.cli.imagine", "imagine_cmd"),
     "server": ("imaginairy.cli.server", "server_cmd"),
 }

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from imaginairy.cli.control import CONTROL_OPTIONS, control_inputs, control_options
 from imaginairy.cli.errors import reported_errors
 from imaginairy.schema import (
     DEFAULT_EDIT_MODEL,
@@ -113,6 +114,7 @@ class ImagineCommand(click.Command):
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=DEFAULT_LOG_LEVEL,
               show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings, errors, where the images went and the summary.")
+@control_options
 def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level, quiet, models_dir, **prompt_options):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
@@ -129,10 +131,12 @@ def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level,
     configure_logging("WARNING" if quiet else log_level)
     if not prompt_texts:
         raise click.UsageError('give at least one prompt, e.g. imagine "a scenic landscape"')
+    control_settings = {name: prompt_options.pop(name) for name in CONTROL_OPTIONS}
     given = {name: value for name, value in prompt_options.items() if value is not None}  # unset: the field's default
     seed = given.pop("seed", None)
     with reported_errors():
         given["loras"] = [lora_option(option) for option in given.get("loras", ())]
+        given["control_inputs"] = control_inputs(**control_settings)
         prompts = [
             ImaginePrompt(text, seed=None if seed is None else seed + repeat, **given)
             for text in prompt_texts

@@ -91,10 +91,11 @@ def precision_context(precision: str, device: torch.device):
 
 
 def unet_function(model: LatentDiffusion):
-    """The UNet as the samplers call it, `(x, t, context, *, concat=None, y=None)`: float32 in and out, the model's
-    own dtype inside. `concat` ([1, c, h, w], the same for every row) is appended to the latent's channels: the mask
-    and masked-image latent of a 9-channel inpainting UNet. `y` is SDXL's added embedding, one row per context row
-    (a per-side input: `pipeline.sdxl_conditioning`).
+    """The UNet as the samplers call it, `(x, t, context, *, concat=None, y=None, control=None)`: float32 in and
+    out, the model's own dtype inside. `concat` ([1, c, h, w], the same for every row) is appended to the latent's
+    channels: the mask and masked-image latent of a 9-channel inpainting UNet. `y` is SDXL's added embedding, one row
+    per context row (a per-side input: `pipeline.sdxl_conditioning`). `control` (`control.guidance.ActiveControls`)
+    gives the ControlNet residuals, computed from the 4-channel latents (before `concat`, as diffusers does).
 
     The latents go in channels-last (NHWC): every convolution then keeps that layout, which oneDNN and cuDNN run
     faster than NCHW, and the attention layers' [B, H*W, C] token views of it need no copy. The weights stay as
@@ -103,10 +104,15 @@ def unet_function(model: LatentDiffusion):
     dtype = model_dtype(model)
 
     def unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, concat: torch.Tensor | None = None,
-             y: torch.Tensor | None = None):
+             y: torch.Tensor | None = None, control=None):
+        context = context.to(dtype)
+        residuals = None
+        if control is not None:
+            residuals = control.residuals(x.to(dtype=dtype, memory_format=torch.channels_last), t, context)
         if concat is not None:
             x = torch.cat([x, concat.expand(x.shape[0], -1, -1, -1)], dim=1)
         x = x.to(dtype=dtype, memory_format=torch.channels_last)
-        return model.unet(x, t, context.to(dtype), y=None if y is None else y.to(dtype)).float()
+        y = None if y is None else y.to(dtype)
+        return model.unet(x, t, context, y=y, control_residuals=residuals).float()
 
     return unet

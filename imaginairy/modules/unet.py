@@ -228,10 +228,13 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
+        control_residuals: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: latents [B, in_channels, H, W] in the model dtype; timesteps: [B] (or scalar), may be fractional;
         context: text embeddings [k*B, tokens, context_dim] in the model dtype; y (SDXL only, required there):
-        the added embedding input [k*B, adm_in_channels], one row per context row.
+        the added embedding input [k*B, adm_in_channels], one row per context row; control_residuals: a ControlNet's
+        outputs, one per skip connection then the middle block's (added where diffusers adds its
+        `down_block_additional_residuals` / `mid_block_additional_residual`).
 
         With k > 1 contexts per latent (classifier-free guidance: k = 2, [uncond; cond]), the output is that of the
         latents stacked k times, [x; x], but the layers before the first cross-attention, whose rows would be
@@ -258,7 +261,13 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        residuals = list(control_residuals or [])
+        if residuals:
+            h = h + repeat_batch(residuals.pop(), h.shape[0])
         for block in self.output_blocks:
-            h = torch.cat([h, repeat_batch(skips.pop(), h.shape[0])], dim=1)
+            skip = repeat_batch(skips.pop(), h.shape[0])
+            if residuals:
+                skip = skip + repeat_batch(residuals.pop(), h.shape[0])
+            h = torch.cat([h, skip], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h)

@@ -14,7 +14,8 @@
   `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale` 1, or 0 (guidance off, the few-step Turbo
   models' setting, as in diffusers), it is called with `cond` only.
   `cond` and `uncond` (context tensors or `Conditioning`s, which add per-side inputs such as `y`) have the batch
-  size of `noise`; `unet_inputs` (shared by both sides) go to every call unchanged.
+  size of `noise`; `unet_inputs` (shared by both sides) go to every call unchanged, except `StepDependent` ones
+  (the ControlNets, active in a window of the steps), which give their value at the current step.
 - `schedule`: the `NoiseSchedule` the model was trained with; `sigma_schedule` how the k-samplers space their
   sigmas on it (`SCHEDULES`: "uniform", the model's own, "karras", "exponential", "simple"; or a model's own
   `MODEL_SCHEDULES`: "trailing" for the Turbo models). DDIM, PLMS and the DPM fast/adaptive samplers take only

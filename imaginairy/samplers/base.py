@@ -54,12 +54,21 @@ class Conditioning:
         return Conditioning(torch.cat([first.context, second.context]), extra)
 
 
+class StepDependent:
+    """A shared UNet input that changes over the run (e.g. ControlNets active in a window of the steps): the model
+    calls of step `step` (from 0) of `total` get `at(step, total)` (total None: the sampler picks its own steps)."""
+
+    def at(self, step: int, total: int | None):
+        raise NotImplementedError
+
+
 def guided_model_fn(
     model_fn: ModelFunction,
     cond: Conditioning | torch.Tensor,
     uncond: Conditioning | torch.Tensor,
     guidance_scale: float,
-    unet_inputs: Mapping[str, torch.Tensor] | None = None,
+    unet_inputs: Mapping[str, torch.Tensor | StepDependent] | None = None,
+    progress: Callable[[], tuple[int, int | None]] = lambda: (0, None),
 ) -> GuidedModel:
     """`(x, t) -> guided model output`, with classifier-free guidance done in one batched call.
 
@@ -68,15 +77,23 @@ def guided_model_fn(
     `uncond + guidance_scale * (cond - uncond)`. A scale of 1 is the conditional output alone, so the unconditional
     half is not computed; so is a scale of 0, which means "no guidance" (distilled Turbo models are sampled so;
     diffusers also skips the unconditional pass there) rather than the unconditional output alone. `unet_inputs` go
-    to every call unchanged.
+    to every call unchanged, except `StepDependent` ones, which give their value at the current step, `progress()` =
+    (steps done, total).
     """
-    cond, uncond, shared = Conditioning.of(cond), Conditioning.of(uncond), dict(unet_inputs or {})
+    cond, uncond, inputs = Conditioning.of(cond), Conditioning.of(uncond), dict(unet_inputs or {})
+
+    def shared() -> dict:
+        if not any(isinstance(value, StepDependent) for value in inputs.values()):
+            return inputs
+        step, total = progress()
+        return {k: v.at(step, total) if isinstance(v, StepDependent) else v for k, v in inputs.items()}
+
     if guidance_scale in (0, 1):
-        return lambda x, t: model_fn(x, t, cond.context, **shared, **cond.extra)
+        return lambda x, t: model_fn(x, t, cond.context, **shared(), **cond.extra)
     both = Conditioning.stacked(uncond, cond)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out_uncond, out_cond = model_fn(x, t, both.context, **shared, **both.extra).chunk(2)
+        out_uncond, out_cond = model_fn(x, t, both.context, **shared(), **both.extra).chunk(2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
 
     return guided
@@ -121,12 +138,18 @@ class StepReporter:
         self.cancel_event = cancel_event
         self.total = total
         self.kept = kept
+        self.steps_done = 0
+
+    def progress(self) -> tuple[int, int | None]:
+        """(steps done so far, total): the current step's index from 0, and the run's number of steps."""
+        return self.steps_done, self.total
 
     def before_model_call(self) -> None:
         if self.cancel_event is not None and self.cancel_event.is_set():
             raise GenerationCancelled("Generation cancelled: the cancel event was set.")
 
     def step_done(self, info: dict) -> None:
+        self.steps_done = info["i"] + 1
         if self.callback is None:
             return
         denoised = info["denoised"] if self.kept is None else self.kept.blend(info["denoised"], self.kept.init_latent)

@@ -63,15 +63,18 @@ def sample(
     run_steps = steps_to_run(steps, denoise_strength)
     if run_steps == 0:
         return init_latent
-    model = guided_model_fn(model_fn, cond, uncond, guidance_scale, unet_inputs)
     alphas_cumprod = schedule.alphas_cumprod().to(device=noise.device, dtype=torch.float32)
     kept = KeptRegion(init_latent, mask, noise) if mask is not None else None
     family = SAMPLERS_BY_NAME[sampler_type].family
+    if family == "ddpm":
+        reporter = StepReporter(callback, cancel_event, run_steps, kept)
+    else:
+        reporter = StepReporter(callback, cancel_event, reported_total(sampler_type, run_steps))
+    model = guided_model_fn(model_fn, cond, uncond, guidance_scale, unet_inputs, reporter.progress)
 
     if family == "ddpm":
         timesteps = ddim_timesteps(schedule.num_timesteps, steps)[steps - run_steps :]
         x = noise if init_latent is None else noised(init_latent, noise, float(alphas_cumprod[timesteps[0]]))
-        reporter = StepReporter(callback, cancel_event, run_steps, kept)
         estimate = ddpm_estimator(model, alphas_cumprod, prediction_type, kept, reporter)
         if sampler_type == "ddim":
             x = sample_ddim(estimate, x, alphas_cumprod, timesteps, eta=ddim_eta, generator=generator,
@@ -82,7 +85,6 @@ def sample(
         denoiser = discrete_denoiser(model, alphas_cumprod, prediction_type)
         sigmas = run_sigmas(denoiser, sigma_schedule, steps, run_steps)
         x = noise * sigmas[0] if init_latent is None else init_latent + noise * sigmas[0]
-        reporter = StepReporter(callback, cancel_event, reported_total(sampler_type, run_steps))
         x = sample_kdiffusion(sampler_type, k_denoiser(denoiser, kept, reporter), x, sigmas,
                               sigma_min=float(denoiser.sigma_min), generator=generator, callback=reporter.step_done)
     return x if kept is None else kept.blend(x, init_latent)

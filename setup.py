@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=("imaginairy", "imaginairy.*")),
-    package_data={"imaginairy": ["configs/*.yaml"]},
+    package_data={"imaginairy": ["configs/*.yaml", "server/web/*"]},
     include_package_data=True,
     entry_points={
         "console_scripts": [
@@ -45,6 +45,9 @@ setup(
         # face alignment and paste-back (facexlib needs it too)
         "opencv-python>=4.8",
         "psutil>=5.9",
+        # the HTTP API and web page of `aimg server --http-port`
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
     ],
     extras_require={
         "test": [
@@ -54,6 +57,10 @@ setup(
             "scikit-image>=0.21",
             "hypothesis>=6.80",
             "ruff>=0.5",
+            # a real A1111 API client, the HTTP client of the native API tests, and the browser driver of the page
+            "webuiapi>=0.9.17",
+            "httpx>=0.27",
+            "selenium>=4.20",
         ],
     },
 )

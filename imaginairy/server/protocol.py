@@ -17,8 +17,18 @@ from typing import TYPE_CHECKING
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
 from imaginairy.errors import InvalidInputError
-from imaginairy.schema import ImaginePrompt, eight_bit
+from imaginairy.schema import ImaginePrompt
 from imaginairy.server.defaults import MAX_ANSWER_IMAGE_BYTES
+from imaginairy.server.limits import (
+    MAX_SAMPLES,
+    MAX_SIDE,
+    MIN_SIDE,
+    SEED_MODULUS,
+    SIZE_MULTIPLE,
+    check_prompt_text,
+    check_side,
+    check_steps,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,15 +54,7 @@ SAMPLERS = {
     generation.SAMPLER_K_DPMPP_SDE: "k_dpmpp_sde",
 }
 
-# Limits of one request; what the library itself accepts is wider, the server keeps one request's cost bounded.
-MAX_SIDE = 2048
-MIN_SIDE = 64
-SIZE_MULTIPLE = 8
-MAX_STEPS = 150
-MAX_SAMPLES = 10
-MAX_INPUT_IMAGE_PIXELS = 4096 * 4096
 MAX_SCHEDULE_START = 2.0
-SEED_MODULUS = 2**32  # Artifact.seed is a uint32
 PNG_MIME = "image/png"
 
 
@@ -89,7 +91,7 @@ def request_to_prompts(request: generation.Request, engine: Engine) -> list[Imag
         **strength_settings(step, images),
     }
     if image.HasField("steps"):
-        settings["steps"] = checked_steps(image.steps)
+        settings["steps"] = check_steps(image.steps)
     seeds = sample_seeds(list(image.seed), image.samples if image.HasField("samples") else None)
     return [ImaginePrompt(**settings, seed=seed) for seed in seeds]
 
@@ -112,6 +114,7 @@ def text_prompts(prompts) -> list[tuple[str, float]]:
             raise BadRequest("Token prompts are not supported; send the prompt as text.")
         if kind != "text":
             continue
+        check_prompt_text(prompt.text, "A text prompt")
         weight = prompt.parameters.weight if prompt.parameters.HasField("weight") else 1.0
         if weight == 0:
             raise BadRequest(f"Prompt {prompt.text!r} has weight 0; use a positive weight, or a negative one for a "
@@ -151,23 +154,11 @@ def image_inputs(prompts) -> ImageInputs:
 
 
 def decode_image(artifact: generation.Artifact, what: str) -> Image.Image:
-    from PIL import Image
+    from imaginairy.server.images import open_image_bytes
 
     if artifact.WhichOneof("data") != "binary":
         raise BadRequest(f"The {what} must be sent as image file bytes (Artifact.binary), e.g. PNG.")
-    try:
-        img = Image.open(io.BytesIO(artifact.binary))
-        width, height = img.size
-        if width * height > MAX_INPUT_IMAGE_PIXELS:
-            raise BadRequest(f"The {what} is {width}x{height}px, larger than this server accepts "
-                             f"({MAX_INPUT_IMAGE_PIXELS} pixels).")
-        img.load()
-        img = eight_bit(img)
-    except BadRequest:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadRequest(f"The {what} bytes are not a readable image ({e}); send a PNG or JPEG file.") from e
-    return img
+    return open_image_bytes(artifact.binary, f"The {what}")
 
 
 def size_settings(image: generation.ImageParameters, init_image: Image.Image | None) -> dict:
@@ -175,24 +166,13 @@ def size_settings(image: generation.ImageParameters, init_image: Image.Image | N
     settings = {}
     for field in ("width", "height"):
         if image.HasField(field):
-            settings[field] = checked_side(getattr(image, field), field)
+            settings[field] = check_side(getattr(image, field), field)
         elif init_image is not None:
             side = init_image.width if field == "width" else init_image.height
             settings[field] = max(MIN_SIDE, min(MAX_SIDE, side // SIZE_MULTIPLE * SIZE_MULTIPLE))
     return settings
 
 
-def checked_side(value: int, field: str) -> int:
-    if value % SIZE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
-        raise BadRequest(f"{field} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIDE} to {MAX_SIDE} pixels, "
-                         f"got {value}.")
-    return value
-
-
-def checked_steps(value: int) -> int:
-    if not 1 <= value <= MAX_STEPS:
-        raise BadRequest(f"steps must be from 1 to {MAX_STEPS}, got {value}.")
-    return value
 
 
 def sample_seeds(seeds: list[int], samples: int | None) -> list[int | None]:
@@ -205,7 +185,8 @@ def sample_seeds(seeds: list[int], samples: int | None) -> list[int | None]:
         raise BadRequest(f"{len(seeds)} seeds were sent for {samples} samples; send at most one seed per sample.")
     if not seeds:
         return [None] * samples
-    continued = [(seeds[-1] + offset) % SEED_MODULUS for offset in range(1, samples - len(seeds) + 1)]
+    # counting on from the last seed within 1..2**32-1: 0 means "random", so 4294967295 is followed by 1
+    continued = [(seeds[-1] - 1 + offset) % (SEED_MODULUS - 1) + 1 for offset in range(1, samples - len(seeds) + 1)]
     if seeds[-1] == 0:
         continued = [0] * len(continued)
     return [seed or None for seed in seeds + continued]

@@ -13,7 +13,13 @@ from stability_sdk.interfaces.gooseai.engines import engines_pb2
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
 
-from imaginairy.errors import GenerationCancelled, InvalidInputError, ModelLoadError, ModelNotFoundError
+from imaginairy.errors import (
+    GenerationCancelled,
+    ImaginAIryError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
 from imaginairy.server import protocol
 from imaginairy.server import queue as jobs
 from imaginairy.server.engines import Engine, describe_model
@@ -50,15 +56,39 @@ def run_generation(job: jobs.Job, *, device=None, model_cache=None, memory_mode:
     if job.cancel_event.is_set():
         job.post(jobs.ERROR, GenerationCancelled("The request was cancelled before it started."))
         return
+    if job.task is not None:
+        run_task(job)
+        return
     prompts = [dataclasses.replace(prompt, memory_mode=memory_mode) for prompt in job.prompts]
+    done = [0]
+
+    def on_step(step, total, latents):
+        job.on_step(done[0], step, total, latents)
+
     try:
-        for result in imagine(prompts, device=device, cancel_event=job.cancel_event, model_cache=model_cache):
+        for result in imagine(prompts, device=device, cancel_event=job.cancel_event, model_cache=model_cache,
+                              progress_callback=on_step):
+            done[0] += 1
             job.post(jobs.IMAGE, result)
     except Exception as e:  # every failure goes back to the request that caused it, never to the next one
         if not isinstance(e, (GenerationCancelled, InvalidInputError)):
             logger.exception("request %s failed", job.label)
         job.post(jobs.ERROR, e)
         return
+    job.post(jobs.DONE)
+
+
+def run_task(job: jobs.Job) -> None:
+    try:
+        value = job.task()
+    except Exception as e:
+        if isinstance(e, ImaginAIryError):
+            logger.warning("request %s failed: %s", job.label, e)
+        else:
+            logger.exception("request %s failed", job.label)
+        job.post(jobs.ERROR, e)
+        return
+    job.post(jobs.IMAGE, value)
     job.post(jobs.DONE)
 
 

@@ -61,6 +61,7 @@ setup(
             "webuiapi>=0.9.17",
             "httpx>=0.27",
             "selenium>=4.20",
+            "openapi-spec-validator>=0.7",
         ],
     },
 )

@@ -12,7 +12,7 @@ import grpc
 from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
 
 from imaginairy.errors import InvalidInputError
-from imaginairy.server.auth import BearerTokenInterceptor
+from imaginairy.server.auth import BearerTokenInterceptor, check_credentials_config
 from imaginairy.server.defaults import (
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
@@ -127,9 +127,7 @@ def check_config(config: ServerConfig) -> None:
         raise InvalidInputError(f"vram mode {config.vram_mode!r} is unknown; use one of {', '.join(VRAM_MODES)}.")
     if config.max_queue < 0:
         raise InvalidInputError(f"max queue must be 0 or more, got {config.max_queue}.")
-    if config.access_token is not None and not config.access_token.strip():
-        raise InvalidInputError("The access token is empty, which would let everyone in; give a non-empty token "
-                                "or none.")
+    check_credentials_config(config.access_token, config.api_auth)
     if not config.grpc and config.http_port is None:
         raise InvalidInputError("Nothing to serve: give --http-port, or leave gRPC on.")
     if config.api_auth is not None and config.http_port is None:

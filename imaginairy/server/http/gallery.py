@@ -20,12 +20,12 @@ MAX_PER_PAGE = 100
 
 
 def gallery_files(outdir: Path) -> list[Path]:
-    """The images under `outdir`, newest first."""
+    """The images under `outdir` (resolved), newest first; links to files elsewhere are left out."""
     found = []
     for folder, _dirs, files in os.walk(outdir):
         for name in files:
             path = Path(folder) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path.resolve().is_relative_to(outdir):
                 found.append((path.stat().st_mtime, str(path), path))
     return [path for _mtime, _name, path in sorted(found, reverse=True)]
 

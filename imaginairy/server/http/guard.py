@@ -13,19 +13,9 @@ import binascii
 import hmac
 import json
 
-from imaginairy.errors import InvalidInputError
+from imaginairy.server.auth import check_credentials_config
 
 REALM = 'Basic realm="imaginairy", charset="UTF-8"'
-
-
-def check_credentials_config(access_token: str | None, api_auth: str | None) -> None:
-    if access_token is not None and not access_token.strip():
-        raise InvalidInputError("The access token is empty, which would let everyone in; give a non-empty token "
-                                "or none.")
-    if api_auth is not None:
-        user, colon, password = api_auth.partition(":")
-        if not colon or not user or not password:
-            raise InvalidInputError("--api-auth must be user:password, both non-empty.")
 
 
 def is_authorized(header: bytes | None, access_token: str | None, api_auth: str | None) -> bool:

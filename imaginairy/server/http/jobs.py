@@ -17,6 +17,7 @@ import uuid
 from imaginairy.errors import GenerationCancelled
 from imaginairy.server import queue as jobs
 from imaginairy.server.defaults import DEFAULT_PREVIEW_EVERY
+from imaginairy.utils.preview import SD_LATENT_RGB_FACTORS, latent_preview
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
@@ -70,9 +71,8 @@ class TrackedJob(jobs.Job):
 
     def on_step(self, image_index: int, step: int, total: int | None, latents) -> None:
         self.image_index, self.step, self.total = image_index, step, total
-        if self.preview_every and (step % self.preview_every == 0 or step == total):
-            from imaginairy.utils.preview import latent_preview
-
+        previewable = latents.shape[-3] == len(SD_LATENT_RGB_FACTORS)  # 4-channel latents (fitted to SD 1.x/2.x)
+        if self.preview_every and previewable and (step % self.preview_every == 0 or step == total):
             buffer = io.BytesIO()
             latent_preview(latents).save(buffer, format="PNG")
             self.preview_png = buffer.getvalue()

@@ -26,6 +26,7 @@ from imaginairy.server.engines import load_engines
 from imaginairy.server.queue import GenerationQueue
 from imaginairy.server.service import (
     DEFAULT_KEEPALIVE_SECONDS,
+    DEFAULT_SEND_TIMEOUT_SECONDS,
     GenerationService,
     ServiceSettings,
     engines_service_handler,
@@ -51,6 +52,7 @@ class ServerConfig:
     vram_mode: str = "high"
     device: str | None = None
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
+    send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT_SECONDS
     embed_metadata: bool = True
     model_cache: object = None  # a ModelCache; None: the library's process-wide one
     grpc: bool = True  # False: HTTP only
@@ -149,7 +151,7 @@ def _grpc_server(config: ServerConfig, engines, generation_queue) -> tuple[grpc.
     )
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(
         GenerationService(engines, generation_queue,
-                          ServiceSettings(config.keepalive_seconds, config.embed_metadata)), server)
+                          ServiceSettings(config.keepalive_seconds, config.embed_metadata, config.send_timeout_seconds)), server)
     server.add_generic_rpc_handlers([engines_service_handler(engines)])
     return server, _bind(server, config.host, config.port)
 

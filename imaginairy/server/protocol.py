@@ -56,6 +56,8 @@ SAMPLERS = {
 
 MAX_SCHEDULE_START = 2.0
 PNG_MIME = "image/png"
+LARGEST_DEFAULT_SIDE = 1024  # no model's default size is larger (SDXL)
+METADATA_OVERHEAD_BYTES = 8192  # the settings besides the prompt, in both formats
 
 
 
@@ -69,9 +71,52 @@ class ImageInputs:
     mask_image: Image.Image | None = None
 
 
+# The request fields this server carries out (paths of set fields); any other set field is refused by name.
+SERVED_FIELDS = {
+    "engine_id", "request_id", "requested_type", "prompt", "prompt.text", "prompt.tokens", "prompt.parameters",
+    "prompt.parameters.weight", "prompt.artifact", "prompt.artifact.type", "prompt.artifact.binary",
+    "prompt.artifact.mime", "prompt.artifact.id", "prompt.artifact.index", "prompt.artifact.uuid",
+    "prompt.artifact.size", "prompt.artifact.magic",
+    "image", "image.height", "image.width", "image.seed", "image.samples", "image.steps", "image.transform",
+    "image.transform.diffusion", "image.transform.upscaler", "image.parameters", "image.parameters.sampler",
+    "image.parameters.sampler.cfg_scale", "image.parameters.sampler.eta", "image.parameters.schedule",
+    "image.parameters.schedule.start", "image.parameters.schedule.end",
+    # masked areas start from the original image (MASKED_AREA_INIT_ORIGINAL); api.Context.inpaint sends ZERO by
+    # default, and at full strength (schedule.start 1) the two are the same
+    "image.masked_area_init",
+    # StabilityInference always sends an adapter message; only adapter_type (left at T2IADAPTER_NONE) turns it on
+    "image.adapter", "image.adapter.adapter_strength", "image.adapter.adapter_init_type",
+    "extras",  # api.Context always sends an empty Struct; its fields (style presets) are not served
+}
+# schedule.end: the fraction of noise left at the last step; the samplers here always run to the end, which is what
+# stability-sdk's default end (0.01) asks for
+MAX_SCHEDULE_END = 0.01
+
+
+def check_served_fields(message, path: str = "") -> None:
+    """BadRequest naming the first set field of `message` (a Request) that this server does not carry out."""
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        if name not in SERVED_FIELDS:
+            raise BadRequest(f"Request field {name} is not supported by this server; leave it unset.")
+        if name == "image.parameters" and len(value) > 1:
+            raise BadRequest(f"image.parameters has {len(value)} step parameters; this server runs one step "
+                             "parameter (send a single StepParameter).")
+        if field.message_type is None:
+            continue
+        for item in value if field.label == field.LABEL_REPEATED else [value]:
+            check_served_fields(item, f"{name}.")
+    if path == "image.parameters.":
+        schedule = message.schedule
+        if schedule.HasField("end") and not 0 <= schedule.end <= MAX_SCHEDULE_END:
+            raise BadRequest(f"image.parameters.schedule.end={schedule.end:g} is not supported; this server always "
+                             f"samples to the end (leave it unset, or at most {MAX_SCHEDULE_END}).")
+
+
 def request_to_prompts(request: generation.Request, engine: Engine) -> list[ImaginePrompt]:
     """One `ImaginePrompt` per requested sample, in sample order, for the model `engine` names."""
     check_request_kind(request)
+    check_served_fields(request)
     texts = text_prompts(request.prompt)
     images = image_inputs(request.prompt)
     if not any(text for text, weight in texts if weight > 0) and images.init_image is None:
@@ -93,7 +138,21 @@ def request_to_prompts(request: generation.Request, engine: Engine) -> list[Imag
     if image.HasField("steps"):
         settings["steps"] = check_steps(image.steps)
     seeds = sample_seeds(list(image.seed), image.samples if image.HasField("samples") else None)
-    return [ImaginePrompt(**settings, seed=seed) for seed in seeds]
+    prompts = [ImaginePrompt(**settings, seed=seed) for seed in seeds]
+    check_answer_fits(prompts[0].width or LARGEST_DEFAULT_SIDE, prompts[0].height or LARGEST_DEFAULT_SIDE,
+                      sum(len(text) for text, _ in texts))
+    return prompts
+
+
+def check_answer_fits(width: int, height: int, prompt_chars: int, budget: int = MAX_ANSWER_IMAGE_BYTES) -> None:
+    """BadRequest, before any work, when one answer's PNG could exceed what a message holds: the PNG of noise at
+    that size (a byte per channel and row filter, deflate's stored-block overhead) plus metadata that embeds the
+    prompt twice (as our JSON and as A1111 infotext, up to 6 UTF-8 bytes per escaped character)."""
+    worst_png = height * (width * 3 + 1) * 1.001 + 1024
+    worst_metadata = 2 * 6 * prompt_chars + METADATA_OVERHEAD_BYTES
+    if worst_png + worst_metadata > budget:
+        raise BadRequest(f"A {width}x{height} image with a {prompt_chars}-character prompt may not fit in one answer "
+                         f"({budget} bytes); ask for a smaller size or a shorter prompt.")
 
 
 def check_request_kind(request: generation.Request) -> None:

@@ -105,6 +105,11 @@ class GenerationQueue:
         with self._changed:
             return {"running": int(self._running is not None), "waiting": len(self._waiting)}
 
+    @property
+    def closed(self) -> bool:
+        with self._changed:
+            return self._closed
+
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, tell the waiting ones the server is closing, cancel the running one, stop the worker."""
         with self._changed:

@@ -54,7 +54,7 @@ def test_job_with_events_previews_images_and_gallery(http_api):
         assert previews, "previews are sent while sampling (preview_every=1 on the test server)"
         assert Image.open(io.BytesIO(base64.b64decode(previews[0]))).size == (SIZE // 8, SIZE // 8)
         steps = [data["step"] for kind, data in events if kind == "progress" and data["image_index"] == 0]
-        assert steps == sorted(steps) and max(steps) == 4
+        assert steps == sorted(steps)  # the stream samples the job every 0.1 s: steps may be skipped, never reordered
         progress = [data["progress"] for kind, data in events if kind == "progress"]
         assert progress == sorted(progress) and progress[-1] == 1.0
 

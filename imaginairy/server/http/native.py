@@ -150,15 +150,16 @@ async def events(job: TrackedJob, service: HttpService, request: Request):
         version = job.version
         if version != seen_version:
             seen_version, quiet = version, 0.0
+            preview = None
+            if job.preview_serial != sent_preview:
+                sent_preview, preview = job.preview_serial, job.preview_base64()
+            # progress (and its preview) before the images it led to, so a page shows each finished image last
+            yield sse("progress", {"state": job.state, "progress": job.progress, "step": job.step,
+                                   "total": job.total, "image_index": job.image_index, "preview": preview})
             while sent_images < len(job.results):
                 yield sse("image", {"index": sent_images, "url": image_url(job, sent_images),
                                     "seed": job.results[sent_images].prompt.seed})
                 sent_images += 1
-            preview = None
-            if job.preview_serial != sent_preview:
-                sent_preview, preview = job.preview_serial, job.preview_base64()
-            yield sse("progress", {"state": job.state, "progress": job.progress, "step": job.step,
-                                   "total": job.total, "image_index": job.image_index, "preview": preview})
             if job.state in FINISHED_STATES:
                 error = service.error_response(job.error).detail if job.error is not None else None
                 yield sse(job.state, {"state": job.state, "error": error})

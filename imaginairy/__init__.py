@@ -24,7 +24,7 @@ _LOCATIONS = {
     "imagine_image_files": "imaginairy.api",
     "ImaginePrompt": "imaginairy.schema",
     "ImagineResult": "imaginairy.schema",
-    "LazyLoadingImage": "imaginairy.schema",
+    "LazyLoadingImage": "imaginairy.utils.images",
     "WeightedPrompt": "imaginairy.schema",
     "generate_caption": "imaginairy.enhancers.describe",
 }

@@ -9,11 +9,9 @@ from pathlib import Path
 
 from imaginairy.errors import DeviceOutOfMemoryError
 from imaginairy.schema import ImaginePrompt, ImagineResult
+from imaginairy.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-PRECISION_DTYPES = {"full": "float32", "autocast": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
 
 def imagine(
     prompts: ImaginePrompt | str | Iterable[ImaginePrompt | str],
@@ -22,28 +20,34 @@ def imagine(
     progress_callback=None,
     cancel_event: threading.Event | None = None,
     model_cache=None,
+    settings: Settings | None = None,
 ) -> Iterator[ImagineResult]:
     """Yield one ImagineResult per prompt, loading (and switching) models as the prompts name them.
 
     `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
     generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
+    `settings` (device, safety mode, local model folders) are read from the environment when not given.
     """
     import torch
 
     from imaginairy.models.cache import shared_model_cache
+    from imaginairy.models.runtime import load_model, resolve_runtime_settings
     from imaginairy.pipeline import generate, resolve_size
     from imaginairy.utils.devices import as_device, default_device
 
-    device = as_device(device) if device is not None else default_device()
+    settings = settings if settings is not None else Settings.from_environment()
+    # "" when the settings name no device: the best one present, without reading the environment again
+    device = as_device(device) if device is not None else default_device(settings.device or "")
     cache = model_cache if model_cache is not None else shared_model_cache(device.type)
     prompts = normalize_prompts(prompts)
-    fetch_weights_first(prompts)
+    fetch_weights_first(prompts, settings)
     for prompt in prompts:
         prompt = resolve_runtime_settings(prompt, device)
         model = load_model(prompt, device, cache)
         logger.info("Generating 🖼 : %s", prompt_summary(resolve_size(prompt, model)))
         try:
-            yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device)
+            yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device,
+                           settings=settings)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceOutOfMemoryError(
                 f"{device} ran out of memory generating {prompt.width}x{prompt.height}px: try a smaller size, "
@@ -77,7 +81,7 @@ def imagine_image_files(
     return paths
 
 
-def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
+def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> None:
     """Before any generation, get every weights file the prompts need (downloading what is not cached) and settle
     each safety mode (`filter` without its checker fails here), so a missing file stops the run before the work
     rather than after it."""
@@ -86,13 +90,12 @@ def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
     from imaginairy.enhancers.safety import ensure_safety_available
     from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
     from imaginairy.masking.clipseg import clipseg_folder
-    from imaginairy.masking.inpaint import clipseg_location
     from imaginairy.models.registry import resolve_model
     from imaginairy.models.weights import resolve_weights
 
     locations = set()
     for prompt in prompts:
-        ensure_safety_available(prompt.safety_mode)
+        ensure_safety_available(prompt.safety_mode, model_location=settings.safety_checker_model, settings=settings)
         locations.add(resolve_model(prompt.model, prompt.model_config).weights)
         if prompt.upscale:
             locations.add(REALESRGAN_X4PLUS_WEIGHTS)
@@ -101,9 +104,9 @@ def fetch_weights_first(prompts: list[ImaginePrompt]) -> None:
     for location in sorted(locations):
         resolve_weights(location)
     if any(prompt.caption for prompt in prompts):
-        blip_model_dir()
+        blip_model_dir(settings.blip_model)
     if any(prompt.mask_prompt for prompt in prompts):
-        clipseg_folder(clipseg_location())
+        clipseg_folder(settings.clipseg_model)
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:
@@ -119,41 +122,6 @@ def prompt_summary(prompt: ImaginePrompt) -> str:
         f'"{text}" {size} seed:{prompt.seed} prompt-strength:{prompt.prompt_strength} '
         f"steps:{prompt.steps} sampler-type:{prompt.sampler_type}"
     )
-
-
-def resolve_runtime_settings(prompt: ImaginePrompt, device) -> ImaginePrompt:
-    """The prompt with precision "auto" made concrete for `device`; with memory modes "mid" and "low", "auto" is
-    half precision on a GPU (fp16 where bf16 is not supported)."""
-    import dataclasses
-
-    import torch
-
-    from imaginairy.utils.devices import resolve_precision
-
-    precision = resolve_precision(prompt.precision, device)
-    on_gpu = torch.device(device).type == "cuda"
-    if on_gpu and prompt.memory_mode != "high" and prompt.precision == "auto" and precision == "full":
-        precision = "fp16"
-    return dataclasses.replace(prompt, precision=precision) if precision != prompt.precision else prompt
-
-
-def load_model(prompt: ImaginePrompt, device, cache):
-    """The prompt's model from the cache (loaded on a miss); memory mode "low" keeps it on the CPU, the pipeline
-    moving each submodel to `device` while it runs."""
-    import torch
-
-    from imaginairy.models.loading import load_diffusion_model
-    from imaginairy.models.registry import resolve_model
-    from imaginairy.models.weights import resolve_weights
-
-    spec = resolve_model(prompt.model, prompt.model_config)
-    dtype = getattr(torch, PRECISION_DTYPES[resolve_runtime_settings(prompt, device).precision])
-    if prompt.memory_mode == "low":
-        device = "cpu"
-    key = (spec.weights, str(spec.config_path), str(device), dtype)
-    # the weights file's size bounds the loaded model's (a float32 file loaded in 16 bits takes half)
-    expected_bytes = resolve_weights(spec.weights).stat().st_size
-    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype), expected_bytes)
 
 
 class ProgressBar:

@@ -1,8 +1,8 @@
-"""One prompt -> images, in the steps of ARCHITECTURE.md: conditioning, initial latent, sampling, decoding."""
+"""One prompt -> images, in the five steps of ARCHITECTURE.md: conditioning, initial latent, sampling, decoding,
+post-processing. `generate` reads them top to bottom; each step is a function with plain inputs and outputs."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -11,28 +11,20 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from imaginairy.masking.inpaint import (
-    LATENT_SCALE,
-    Edit,
-    composited_onto_frame,
-    edit_result_images,
-    inpainting_mask_and_image,
-    is_edit,
-    latent_mask,
-    mask_tensor,
-    prepare_edit,
-)
+from imaginairy.masking.inpaint import Edit, prepare_edit
+from imaginairy.models.runtime import model_device, model_dtype, precision_context, submodel_on, unet_function
+from imaginairy.modules.autoencoder import LATENT_CHANNELS, LATENT_SCALE
 from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
 from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
-from imaginairy.samplers import NoiseSchedule, sample
+from imaginairy.samplers import Conditioning, NoiseSchedule, sample
 from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
-from imaginairy.utils.images import pil_to_tensor, resize_and_crop, tensor_to_pil
+from imaginairy.settings import Settings
+from imaginairy.utils.images import pil_to_tensor, tensor_to_pil
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, torch.Tensor], "bool | None"]
-LATENT_CHANNELS = 4
 
 
 def resolve_size(prompt: ImaginePrompt, model: LatentDiffusion) -> ImaginePrompt:
@@ -49,127 +41,111 @@ def generate(
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
     device: torch.device | None = None,
+    metadata: dict | None = None,
+    settings: Settings | None = None,
 ) -> ImagineResult:
     """`device` is where the networks run; by default the model's. With memory mode "low" the model waits on the CPU
-    and each submodel (text encoder, UNet, VAE) is moved to `device` only while it runs."""
+    and each submodel (text encoder, UNet, VAE) is moved to `device` only while it runs. `metadata` (the
+    settings to embed in saved files) is built from the prompt when not given; `settings` (safety mode, model
+    folders) are read from the environment when not given."""
+    settings = settings if settings is not None else Settings.from_environment()
     device = torch.device(device) if device is not None else model_device(model)
-    edit = prepare_edit(prompt, model.settings.default_size, device) if is_edit(prompt) else None
-    if edit is None:
-        prompt = resolve_size(prompt, model)
-    else:
-        prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
-    init_image = None
-    if edit is not None:
-        init_image = edit.init_image
-    elif prompt.init_image is not None and prompt.init_image_strength > 0:
-        init_image = resize_and_crop(prompt.init_image.as_pil(), prompt.width, prompt.height)
-    if init_image is not None and prompt.init_image_strength >= 1:
+    edit = prepare_edit(prompt, model.settings.default_size, device, settings.clipseg_model)
+    prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
+    if edit.init_image is not None and prompt.init_image_strength >= 1:
         logger.info("init image strength is 1: the init image is returned unchanged")
-        return ImagineResult(images={"generated": init_image if edit is None else edit.frame_image}, prompt=prompt)
-    latent = generate_latent(
-        prompt, model, init_image, edit=edit, progress_callback=progress_callback, cancel_event=cancel_event,
-        device=device,
-    )
-    vae_latent = latent.to(dtype=model_dtype(model), memory_format=torch.channels_last)
-    offload = prompt.memory_mode == "low"
-    with precision_context(prompt.precision, device), submodel_on(model.first_stage_model, device, offload):
-        pixels = model.decode_latent(vae_latent, tiled=needs_tiles(latent))
-    generated = tensor_to_pil(pixels.float())
-    if edit is not None:
-        generated = composited_onto_frame(edit, generated)
-    images, notes = postprocess(generated, prompt, latent.device)
-    result = ImagineResult(images=images, prompt=prompt)
+        return result_of(prompt, {"generated": edit.unchanged_image}, metadata)
+    latent = generate_latent(prompt, model, edit, progress_callback=progress_callback, cancel_event=cancel_event,
+                             device=device)
+    decoded = edit.composite(decode(prompt, model, latent, device))
+    images, notes = postprocess(decoded, prompt, latent.device, settings)
+    result = result_of(prompt, images, metadata)
     result.metadata.update(notes)
-    if edit is not None:
-        result.images.update(edit_result_images(edit, result.img))
+    result.images.update(edit.finish(result.img))
     return result
 
 
-def postprocess(image: Image.Image, prompt: ImaginePrompt, device: torch.device) -> tuple[dict, dict]:
-    """Step 5: safety check, then face fixing and upscaling when asked for. Returns (images by kind, metadata notes).
+def result_of(prompt: ImaginePrompt, images: dict[str, Image.Image], metadata: dict | None) -> ImagineResult:
+    if metadata is None:
+        from imaginairy.utils.metadata import build_metadata
 
-    The safety check comes first so that, in `filter` mode, a flagged image is blurred before anything else sees it.
-    """
-    from imaginairy.enhancers.safety import apply_safety_mode
-
-    (image,), (safety,) = apply_safety_mode([image], prompt.safety_mode, device=device)
-    images = {"generated": image}
-    notes = {"safety": safety.to_metadata()}
-    if prompt.fix_faces:
-        from imaginairy.enhancers.face_fix import fix_faces
-
-        image = images["face_fixed"] = fix_faces(image, fidelity=prompt.fix_faces_fidelity, device=device)
-    if prompt.upscale:
-        from imaginairy.enhancers.upscale import upscale_image
-
-        image = images["upscaled"] = upscale_image(image, device=device)
-    if prompt.caption:
-        from imaginairy.enhancers.describe import generate_caption
-
-        notes["caption"] = generate_caption(image, device=device)
-        logger.info("    caption: %s", notes["caption"])
-    return images, notes
+        metadata = build_metadata(prompt, *images["generated"].size)
+    return ImagineResult(images=images, prompt=prompt, metadata=metadata)
 
 
 @torch.inference_mode()
 def generate_latent(
     prompt: ImaginePrompt,
     model: LatentDiffusion,
-    init_image=None,
-    *,
     edit: Edit | None = None,
+    *,
     progress_callback: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Steps 1-3: the final latent (float32) for a prompt whose size is resolved.
+    """Steps 1-3: the final latent (float32) for a prompt whose size is resolved; `edit` is the prompt's
+    (`prepare_edit`), prepared here when not given.
 
-    With an `edit` (whose `init_image` is `init_image`) a 4-channel model blends the kept region back at every
-    step; an inpainting (9-channel) model is conditioned on the edit's mask and masked image instead, and on
-    "regenerate everything" without an edit.
+    A 4-channel model blends the edit's kept region back at every step; an inpainting (9-channel) model is
+    conditioned on the edit's mask and masked image instead (on "regenerate everything" without masks).
     """
     device = torch.device(device) if device is not None else model_device(model)
-    offload = prompt.memory_mode == "low"
-    settings = model.settings
+    edit = edit if edit is not None else prepare_edit(prompt, model.settings.default_size, device)
     generator = torch.Generator("cpu").manual_seed(prompt.seed)
     noise = initial_noise(generator, prompt.width, prompt.height).to(device)
     set_tile_mode(model, prompt.tile_mode)
     with precision_context(prompt.precision, device):
-        with submodel_on(model.cond_stage_model, device, offload):
-            cond = weighted_text_embedding(model, prompt.prompts)
-            uncond = weighted_text_embedding(model, prompt.negative_prompts)
-        init_latent = conditioning = None
-        with submodel_on(model.first_stage_model, device, offload):
-            if init_image is not None:
-                pixels = pil_to_tensor(init_image).to(device=device, dtype=model_dtype(model))
-                init_latent = model.encode_image(pixels, tiled=needs_tiles(noise)).float()
-            if settings.is_inpainting:
-                conditioning = inpainting_conditioning(model, edit, prompt.width, prompt.height, device)
-        model_fn, mask = unet_function(model), None
-        if settings.is_inpainting:
-            model_fn = inpainting_unet_function(model, *conditioning)
-        elif edit is not None:
-            mask = latent_mask(edit).to(device)
-        schedule = NoiseSchedule(settings.linear_start, settings.linear_end, settings.num_timesteps)
-        with submodel_on(model.model, device, offload):
+        cond, uncond = text_conditioning(prompt, model, device)
+        init_latent, unet_inputs = image_conditioning(prompt, model, edit, needs_tiles(noise), device)
+        schedule = NoiseSchedule(model.settings.linear_start, model.settings.linear_end, model.settings.num_timesteps)
+        with submodel_on(model.model, device, prompt.memory_mode):
             return sample(
                 prompt.sampler_type,
-                model_fn,
+                unet_function(model),
                 schedule,
                 noise=noise,
                 steps=prompt.steps,
                 cond=cond,
                 uncond=uncond,
                 guidance_scale=prompt.prompt_strength,
-                prediction_type=settings.prediction_type,
+                prediction_type=model.settings.prediction_type,
+                sigma_schedule=prompt.schedule,
                 init_latent=init_latent,
                 denoise_strength=1.0 - prompt.init_image_strength if init_latent is not None else 1.0,
-                mask=mask,
+                mask=None if model.settings.is_inpainting else edit.sampler_mask(),
                 ddim_eta=prompt.ddim_eta,
+                unet_inputs=unet_inputs,
                 generator=generator,
                 callback=progress_callback,
                 cancel_event=cancel_event,
             )
+
+
+def text_conditioning(
+    prompt: ImaginePrompt, model: LatentDiffusion, device: torch.device
+) -> tuple[Conditioning, Conditioning]:
+    """Step 1: (cond, uncond), the prompts' and negative prompts' weighted text embeddings."""
+    with submodel_on(model.cond_stage_model, device, prompt.memory_mode):
+        cond = weighted_text_embedding(model, prompt.prompts)
+        uncond = weighted_text_embedding(model, prompt.negative_prompts)
+    return Conditioning(cond), Conditioning(uncond)
+
+
+def image_conditioning(
+    prompt: ImaginePrompt, model: LatentDiffusion, edit: Edit, tiled: bool, device: torch.device
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Step 2: (the init latent or None, the UNet inputs every model call shares). A 9-channel inpainting UNet
+    takes the edit's mask and masked-image latent as `concat`."""
+    init_latent, unet_inputs = None, {}
+    with submodel_on(model.first_stage_model, device, prompt.memory_mode):
+        if edit.init_image is not None:
+            pixels = pil_to_tensor(edit.init_image).to(device=device, dtype=model_dtype(model))
+            init_latent = model.encode_image(pixels, tiled=tiled).float()
+        if model.settings.is_inpainting:
+            mask, masked_image = edit.inpainting_inputs()
+            masked_latent = model.encode_image(masked_image.to(device=device, dtype=model_dtype(model))).float()
+            unet_inputs["concat"] = torch.cat([mask.to(device), masked_latent], dim=1)
+    return init_latent, unet_inputs
 
 
 def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.Tensor:
@@ -187,80 +163,44 @@ def weighted_text_embedding(model: LatentDiffusion, prompts: list[WeightedPrompt
     return (embeddings * weights[:, None, None]).sum(dim=0, keepdim=True) / weights.sum()
 
 
-def unet_function(model: LatentDiffusion):
-    """The UNet as the samplers call it: float32 in and out, the model's own dtype inside.
+def decode(prompt: ImaginePrompt, model: LatentDiffusion, latent: torch.Tensor, device: torch.device) -> Image.Image:
+    """Step 4: the final latent as an image (in tiles when large)."""
+    vae_latent = latent.to(dtype=model_dtype(model), memory_format=torch.channels_last)
+    with precision_context(prompt.precision, device), submodel_on(model.first_stage_model, device, prompt.memory_mode):
+        pixels = model.decode_latent(vae_latent, tiled=needs_tiles(latent))
+    return tensor_to_pil(pixels.float())
 
-    The latents go in channels-last (NHWC): every convolution then keeps that layout, which oneDNN and cuDNN run
-    faster than NCHW, and the attention layers' [B, H*W, C] token views of it need no copy. The weights stay as
-    loaded (a memory-mapped checkpoint is not copied).
+
+def postprocess(
+    image: Image.Image, prompt: ImaginePrompt, device: torch.device, settings: Settings
+) -> tuple[dict, dict]:
+    """Step 5: safety check, then face fixing and upscaling when asked for. Returns (images by kind, metadata notes).
+
+    The safety check comes first so that, in `filter` mode, a flagged image is blurred before anything else sees it.
     """
-    dtype = model_dtype(model)
+    from imaginairy.enhancers.safety import apply_safety_mode, resolve_safety_mode
 
-    def unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x.to(dtype=dtype, memory_format=torch.channels_last)
-        return model.unet(x, t, context.to(dtype)).float()
+    safety_mode = resolve_safety_mode(prompt.safety_mode, settings)
+    (image,), (safety,) = apply_safety_mode([image], safety_mode, model_location=settings.safety_checker_model,
+                                            device=device)
+    images = {"generated": image}
+    notes = {"safety": safety.to_metadata()}
+    if prompt.fix_faces:
+        from imaginairy.enhancers.face_fix import fix_faces
 
-    return unet
+        image = images["face_fixed"] = fix_faces(image, fidelity=prompt.fix_faces_fidelity, device=device)
+    if prompt.upscale:
+        from imaginairy.enhancers.upscale import upscale_image
 
+        image = images["upscaled"] = upscale_image(image, device=device)
+    if prompt.caption:
+        from imaginairy.enhancers.describe import generate_caption
 
-def inpainting_conditioning(
-    model: LatentDiffusion, edit: Edit | None, width: int, height: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a 9-channel UNet takes besides the latent: the mask at latent resolution [1, 1, h, w] and the latent of
-    the image with its regenerated pixels blanked [1, 4, h, w]. Without an edit everything is regenerated."""
-    if edit is None:
-        regenerate, pixels = torch.ones(1, 1, height, width), torch.zeros(1, 3, height, width)
-    else:
-        regenerate, pixels = mask_tensor(edit.frame_regenerate), pil_to_tensor(edit.init_image)
-    mask, masked_image = inpainting_mask_and_image(regenerate, pixels)
-    dtype = model_dtype(model)
-    return mask.to(device), model.encode_image(masked_image.to(device=device, dtype=dtype)).float()
-
-
-def inpainting_unet_function(model: LatentDiffusion, mask: torch.Tensor, masked_image_latent: torch.Tensor):
-    """The 9-channel UNet as the samplers call it: [x, mask, masked image latent] concatenated on the channels,
-    the conditioning repeated to the batch (two under classifier-free guidance)."""
-    unet = unet_function(model)
-    conditioning = torch.cat([mask, masked_image_latent], dim=1)
-
-    def inpainting_unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return unet(torch.cat([x, conditioning.expand(x.shape[0], -1, -1, -1)], dim=1), t, context)
-
-    return inpainting_unet
+        notes["caption"] = generate_caption(image, model_location=settings.blip_model, device=device)
+        logger.info("    caption: %s", notes["caption"])
+    return images, notes
 
 
 def needs_tiles(latent: torch.Tensor) -> bool:
     """Whether the VAE works on this latent's image in tiles: above 1024 px a side, to bound its memory."""
     return max(latent.shape[-2:]) > UNTILED_MAX_LATENT_SIDE
-
-
-@contextlib.contextmanager
-def submodel_on(submodel: torch.nn.Module, device: torch.device, offload: bool):
-    """Runs the block with `submodel` on `device`; with `offload` (memory mode "low") it is moved there for the
-    block only and back to the CPU afterwards, so only the running submodel takes device memory."""
-    if not offload or device.type == "cpu":
-        yield
-        return
-    submodel.to(device)
-    try:
-        yield
-    finally:
-        submodel.to("cpu")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def model_device(model: LatentDiffusion) -> torch.device:
-    return next(model.parameters()).device
-
-
-def model_dtype(model: LatentDiffusion) -> torch.dtype:
-    return next(model.unet.parameters()).dtype
-
-
-def precision_context(precision: str, device: torch.device):
-    """`autocast` runs matmuls and convolutions in half precision on a float32 model; other modes need nothing."""
-    if precision != "autocast":
-        return contextlib.nullcontext()
-    half = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=half)

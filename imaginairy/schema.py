@@ -14,7 +14,17 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any, Union
 
-from imaginairy.errors import ImageLoadError, InvalidInputError
+from imaginairy.errors import InvalidInputError
+from imaginairy.modules.tile_modes import TILE_MODES
+from imaginairy.samplers.table import (
+    DEFAULT_SCHEDULE,
+    SAMPLER_TYPES,
+    SAMPLERS_BY_NAME,
+    SCHEDULES,
+    resolve_sampler_name,
+    resolve_schedule_name,
+)
+from imaginairy.utils.images import LazyLoadingImage
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,29 +33,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAMPLER_TYPES = (
-    "plms",
-    "ddim",
-    "k_lms",
-    "k_euler",
-    "k_euler_a",
-    "k_heun",
-    "k_dpm_2",
-    "k_dpm_2_a",
-    "k_dpmpp_2m",
-    "k_dpmpp_2s_a",
-    "k_dpmpp_sde",
-    "k_dpm_fast",
-    "k_dpm_adaptive",
-)
-TILE_MODES = ("", "x", "y", "xy")
 MASK_MODES = ("replace", "keep")
 DEFAULT_MODEL = "sd-1.5"
 DEFAULT_EDIT_MODEL = "sd-1.5-inpainting"  # the model when none is named and a mask or an outpaint spec is given
 # "auto": bf16 where the hardware computes it natively, else full (float32); resolved when the model is loaded.
 PRECISIONS = ("auto", "full", "autocast", "bf16", "fp16")
-# high: everything stays on the device; mid: also attention in slices and half precision on a GPU;
-# low: also only the running submodel (text encoder, UNet or VAE) on the device, and the VAE in tiles.
+# high: everything stays on the device; mid: also precision "auto" is half precision on a GPU; low: also only the
+# running submodel (text encoder, UNet or VAE) on the device (imaginairy.models.runtime).
 MEMORY_MODES = ("high", "mid", "low")
 SAFETY_MODES = ("off", "classify", "filter")
 # Kinds of image in an ImagineResult that can be its final image, the later processing steps first.
@@ -90,163 +84,6 @@ class WeightedPrompt:
         return {"text": self.text, "weight": float(self.weight)}
 
 
-class LazyLoadingImage:
-    """An input image given as a file path, a URL or a PIL image, loaded on first use.
-
-    Loading honours the EXIF orientation and converts to RGB; the alpha channel of an image with transparency
-    stays available as `.alpha` / `.as_rgba()`. A file path is checked to exist when the object is made, so a
-    bad path fails before any model loads.
-    """
-
-    def __init__(self, *, filepath: str | Path | None = None, url: str | None = None, img: Image.Image | None = None):
-        given = [name for name, value in (("filepath", filepath), ("url", url), ("img", img)) if value is not None]
-        if len(given) != 1:
-            raise InvalidInputError(
-                f"LazyLoadingImage needs exactly one of filepath, url or img; got {', '.join(given) or 'none'}."
-            )
-        self.filepath = os.fspath(filepath) if filepath is not None else None
-        self.url = url
-        self._rgb: Image.Image | None = None
-        self._alpha: Image.Image | None = None
-        if self.filepath is not None:
-            _check_image_path(self.filepath)
-        if url is not None and not (isinstance(url, str) and url.lower().startswith(("http://", "https://"))):
-            raise InvalidInputError(f"Image URL must start with http:// or https://, got {url!r}.")
-        if img is not None:
-            self._set_image(_check_pil_image(img))
-
-    @property
-    def source(self) -> str:
-        """Where the image comes from: its path, its URL, or "<PIL image>"."""
-        return self.filepath or self.url or "<PIL image>"
-
-    def as_pil(self) -> Image.Image:
-        """The image as an RGB PIL image (loads it on first call)."""
-        self._load()
-        return self._rgb
-
-    @property
-    def alpha(self) -> Image.Image | None:
-        """The alpha channel ("L" mode) if the image has transparency, else None."""
-        self._load()
-        return self._alpha
-
-    def as_rgba(self) -> Image.Image:
-        """The image as RGBA: its own alpha channel, or fully opaque if it has none."""
-        rgba = self.as_pil().convert("RGBA")
-        if self._alpha is not None:
-            rgba.putalpha(self._alpha)
-        return rgba
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.as_pil().size
-
-    @property
-    def width(self) -> int:
-        return self.size[0]
-
-    @property
-    def height(self) -> int:
-        return self.size[1]
-
-    def __repr__(self) -> str:
-        return f"LazyLoadingImage({self.source!r})"
-
-    def _load(self) -> None:
-        if self._rgb is not None:
-            return
-        if self.filepath is not None:
-            self._set_image(_open_image_file(self.filepath))
-        else:
-            self._set_image(_open_image_url(self.url))
-
-    def _set_image(self, img: Image.Image) -> None:
-        from PIL import ImageOps
-
-        from imaginairy.utils.images import alpha_channel
-
-        try:
-            img = eight_bit(ImageOps.exif_transpose(img))
-            self._alpha = alpha_channel(img)
-            self._rgb = img.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageLoadError(f"Cannot read image {self.source}: {_reason(e)}.") from e
-
-
-def eight_bit(img: Image.Image) -> Image.Image:
-    """`img` with 16-bit or 32-bit integer and float grey levels scaled to 8 bits (PIL's own conversion clips them,
-    turning a 16-bit image nearly white); other images as they are. Integer images use the 16-bit range, float images
-    [0, 1], or [0, max] when they go beyond 1."""
-    if img.mode.startswith("I"):
-        import numpy as np
-
-        levels = np.asarray(img, dtype=np.float64) / 257
-    elif img.mode == "F":
-        import numpy as np
-
-        levels = np.asarray(img, dtype=np.float64)
-        levels = levels * 255 / max(1.0, float(np.nanmax(levels, initial=0.0)))
-    else:
-        return img
-    from PIL import Image
-
-    return Image.fromarray(np.nan_to_num(levels).round().clip(0, 255).astype(np.uint8), mode="L")
-
-
-def _check_image_path(filepath: str) -> None:
-    if not os.path.exists(filepath):
-        raise ImageLoadError(f"Image file not found: {filepath}")
-    if os.path.isdir(filepath):
-        raise ImageLoadError(f"Image path is a directory, not an image file: {filepath}")
-
-
-def _check_pil_image(img: Any) -> Image.Image:
-    from PIL import Image
-
-    if not isinstance(img, Image.Image):
-        raise ImageLoadError(f"img must be a PIL image, got {type(img).__name__}.")
-    return img
-
-
-def _decode_image(opener, source: str) -> Image.Image:
-    from PIL import Image
-
-    try:
-        img = opener()
-        img.load()
-    except FileNotFoundError as e:
-        raise ImageLoadError(f"Image file not found: {source}") from e
-    except IsADirectoryError as e:
-        raise ImageLoadError(f"Image path is a directory, not an image file: {source}") from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageLoadError(f"Not an image file (unknown or unsupported format): {source}") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"Cannot read image {source}: {_reason(e)}.") from e
-    return img
-
-
-def _open_image_file(filepath: str) -> Image.Image:
-    from PIL import Image
-
-    return _decode_image(lambda: Image.open(filepath), filepath)
-
-
-def _open_image_url(url: str) -> Image.Image:
-    import io
-
-    from PIL import Image
-
-    from imaginairy.utils.downloads import fetch_url_bytes
-
-    data = fetch_url_bytes(url)
-    return _decode_image(lambda: Image.open(io.BytesIO(data)), url)
-
-
-def _reason(error: BaseException) -> str:
-    return (getattr(error, "strerror", None) or str(error) or type(error).__name__).rstrip(".")
-
-
 PromptInput = Union[str, WeightedPrompt, list, tuple, None]
 
 
@@ -276,6 +113,7 @@ class ImaginePrompt:
     width: int | None = None
     height: int | None = None
     sampler_type: str = "k_dpmpp_2m"
+    schedule: str = DEFAULT_SCHEDULE
     ddim_eta: float = 0.0
     tile_mode: str = ""
     model: str | None = None
@@ -312,7 +150,7 @@ class ImaginePrompt:
         self.steps = _check_steps(self.steps)
         self.width = _check_side(self.width, "width")
         self.height = _check_side(self.height, "height")
-        self.sampler_type = _check_choice(self.sampler_type, "sampler_type", SAMPLER_TYPES)
+        self.sampler_type, self.schedule = _check_sampler(self.sampler_type, self.schedule)
         self.ddim_eta = _check_ddim_eta(self.ddim_eta)
         self.tile_mode = _check_choice(self.tile_mode, "tile_mode", TILE_MODES)
         self.model = _check_model(self.model)
@@ -366,6 +204,7 @@ class ImaginePrompt:
             "width": self.width,
             "height": self.height,
             "sampler_type": self.sampler_type,
+            "schedule": self.schedule,
             "ddim_eta": self.ddim_eta,
             "tile_mode": self.tile_mode,
             "model": self.model,
@@ -454,6 +293,33 @@ def _check_choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
         shown = ", ".join(repr(choice) for choice in allowed)
         raise InvalidInputError(f"{field} {value!r} is not supported; choose one of: {shown}.")
     return value
+
+
+def _check_sampler(sampler: Any, schedule: Any) -> tuple[str, str]:
+    """(sampler_type, schedule) from our names or AUTOMATIC1111's ("DPM++ 2M Karras" is k_dpmpp_2m on karras);
+    a schedule named by both must agree."""
+    resolved = resolve_sampler_name(sampler)
+    if resolved is None:
+        shown = ", ".join(repr(choice) for choice in SAMPLER_TYPES)
+        raise InvalidInputError(f"sampler_type {sampler!r} is not supported; choose one of: {shown}.")
+    sampler_type, named_schedule = resolved
+    chosen = resolve_schedule_name(schedule)
+    if chosen is None:
+        shown = ", ".join(repr(choice) for choice in SCHEDULES)
+        raise InvalidInputError(f"schedule {schedule!r} is not supported; choose one of: {shown}.")
+    if named_schedule is not None:
+        if chosen not in (DEFAULT_SCHEDULE, named_schedule):
+            raise InvalidInputError(
+                f"sampler_type {sampler!r} names the {named_schedule!r} schedule, but schedule is {chosen!r};"
+                " give one of them."
+            )
+        chosen = named_schedule
+    if chosen != DEFAULT_SCHEDULE and SAMPLERS_BY_NAME[sampler_type].family != "k":
+        raise InvalidInputError(
+            f"schedule {chosen!r} applies to the k-samplers only; {sampler_type} takes its own steps. Use schedule"
+            f" {DEFAULT_SCHEDULE!r} or a k_* sampler such as k_dpmpp_2m."
+        )
+    return sampler_type, chosen
 
 
 def _check_flag(value: Any, field: str) -> bool:
@@ -573,13 +439,9 @@ class ImagineResult:
 
         Never overwrites: an existing `path` raises `OutputWriteError`.
         """
-        from imaginairy.utils.metadata import write_image_with_metadata
-        from imaginairy.utils.outputs import write_new_file
+        from imaginairy.utils.outputs import save_image
 
-        img = self.image_of_type(image_type or self.final_kind)
-        return write_new_file(
-            path, lambda file, file_format: write_image_with_metadata(img, file, file_format, self.metadata)
-        )
+        return save_image(self, path, image_type or self.final_kind)
 
     def image_of_type(self, image_type: str) -> Image.Image:
         """The image of one kind ("generated", ...); InvalidInputError naming the kinds there are if absent."""

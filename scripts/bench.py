@@ -171,14 +171,14 @@ class OurRunner:
         self.model = load_diffusion_model(spec, dtype=dtype)
 
     def unet(self, latent, t, context):
-        from imaginairy.pipeline import unet_function
+        from imaginairy.models.runtime import unet_function
 
         return unet_function(self.model)(latent, t, context)
 
     def txt2img(self, inputs: dict, steps: int):
         import torch
 
-        from imaginairy.pipeline import model_dtype, unet_function
+        from imaginairy.models.runtime import model_dtype, unet_function
         from imaginairy.samplers import NoiseSchedule, sample
 
         settings = self.model.settings

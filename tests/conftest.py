@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -53,25 +54,87 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    """A static file server on 127.0.0.1 serving `tmp_path/www`; yields (base_url, directory)."""
-    import functools
+class Routes(dict):
+    """URL path -> (status, content type, body); a path under /slow/ waits `slow_seconds` before answering."""
+
+    slow_seconds = 2.0
+
+
+def _handler_for(routes: Routes, root: Path | None):
+    import http.server
+    import mimetypes
+    import time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/slow/"):
+                time.sleep(routes.slow_seconds)
+            answer = routes.get(self.path)
+            file = root / self.path.lstrip("/") if root is not None else None
+            if answer is None and file is not None and file.is_file():
+                answer = (200, mimetypes.guess_type(file.name)[0] or "application/octet-stream", file.read_bytes())
+            status, content_type, body = answer or (404, "text/plain", b"not found")
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+        def log_message(self, format, *args):
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def local_http_server(routes: Routes, root: Path | None = None):
+    """The one local HTTP server of the tests, on a free port of 127.0.0.1: answers `routes`, else the files under
+    `root`; yields its base URL."""
     import http.server
     import threading
 
-    root = tmp_path / "www"
-    root.mkdir()
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(routes, root))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A static file server serving `tmp_path/www`; yields (base_url, directory)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    with local_http_server(Routes(), root) as base_url:
+        yield base_url, root
+
+
+@pytest.fixture
+def route_server():
+    """A server answering what the test puts in its routes; yields (base_url, routes)."""
+    routes = Routes()
+    with local_http_server(routes) as base_url:
+        yield base_url, routes
+
+
+@pytest.fixture(scope="session")
+def engines_file(tiny_models, tmp_path_factory):
+    """An engines.yaml for the servers (`aimg server`, the gRPC tests): the tiny models, and one missing."""
+    from server_helpers import SIZE
+
+    path = tmp_path_factory.mktemp("server") / "engines.yaml"
+    tiny = tiny_models["tiny-sd15"]
+    path.write_text(
+        f"tiny:\n  model: {tiny}\n  name: Tiny SD 1.5\n  defaults: {{steps: 1, width: {SIZE}, height: {SIZE}}}\n"
+        f"tiny-inpainting:\n  model: {tiny_models['tiny-sd15-inpainting']}\n  defaults: {{steps: 1}}\n"
+        f"broken:\n  model: {tiny.parent / 'missing.safetensors'}\n"
+    )
+    return path

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from imaginairy.api import imagine, resolve_runtime_settings
+from imaginairy.api import imagine
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import resolve_runtime_settings
 from imaginairy.schema import PRECISIONS, ImaginePrompt
 from imaginairy.utils.devices import cpu_has_native_bf16, resolve_precision
 

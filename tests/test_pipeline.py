@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from imaginairy import ImaginePrompt, WeightedPrompt, imagine, pipeline
-from imaginairy.api import load_model
 from imaginairy.errors import GenerationCancelled
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_img2img_keeps_more_of_the_init_the_higher_the_strength(tiny_models, cac
     def distance_from_init(strength, **kwargs):
         prompt = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=8, seed=1, sampler_type=sampler_type,
                                init_image=str(init_image), init_image_strength=strength, width=64, height=64)
-        latent = pipeline.generate_latent(prompt, model, image, **kwargs)
+        latent = pipeline.generate_latent(prompt, model, **kwargs)  # the prompt's init image, scaled to 64x64
         return (latent - init_latent).abs().mean().item()
 
     steps_seen = []
@@ -241,3 +241,35 @@ def test_unknown_device_name_is_a_usage_error(tiny_models, monkeypatch):
         next(imagine(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1)))
     with pytest.raises(InvalidInputError, match="device='gpu'"):
         next(imagine(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=1), device="gpu"))
+
+
+def test_the_prompts_schedule_reaches_the_sampler(tiny_models, cache):
+    """The schedule changes the latent, and an A1111 name gives the latent of the sampler and schedule it names."""
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
+
+    def latent(**settings):
+        prompt = ImaginePrompt("a hill", model=str(tiny_models["tiny-sd15"]), steps=4, seed=6, precision="full",
+                               **settings)
+        return pipeline.generate_latent(pipeline.resolve_size(prompt, model), model)
+
+    karras = latent(sampler_type="k_dpmpp_2m", schedule="karras")
+    assert torch.equal(latent(sampler_type="DPM++ 2M Karras"), karras)
+    assert not torch.allclose(karras, latent(sampler_type="k_dpmpp_2m"), atol=1e-3)
+
+
+def test_large_images_are_encoded_and_decoded_by_the_vae_in_tiles(tiny_models, cache, monkeypatch):
+    """Above 1024 px a side (128 latent pixels) both VAE directions run in tiles; at 64 px neither does."""
+    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
+    calls = []
+    encode, decode = model.encode_image, model.decode_latent
+    monkeypatch.setattr(model, "encode_image", lambda pixels, tiled=False: calls.append(("encode", tiled)) or
+                        encode(pixels, tiled=tiled))
+    monkeypatch.setattr(model, "decode_latent", lambda latent, tiled=False: calls.append(("decode", tiled)) or
+                        decode(latent, tiled=tiled))
+    for width, tiled in ((1088, True), (64, False)):
+        calls.clear()
+        init = Image.new("RGB", (width, 64), "gray")
+        prompt = ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), steps=2, seed=1, width=width, height=64,
+                               init_image=init, init_image_strength=0.5, precision="full", safety_mode="off")
+        pipeline.generate(prompt, model, device=torch.device("cpu"))
+        assert calls == [("encode", tiled), ("decode", tiled)], width

@@ -20,8 +20,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers_reference import diffusers_pipeline, scheduler_and_call
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 

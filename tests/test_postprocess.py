@@ -111,3 +111,25 @@ def test_missing_enhancer_weights_fail_before_any_generation(tiny_models, tmp_pa
         imagine_image_files([prompt(tiny_models, **{step: True})], tmp_path, model_cache=untouched_cache, device="cpu")
     assert len(untouched_cache) == 0
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_face_fixing_gets_the_prompts_fidelity_and_its_image_is_the_final_one(monkeypatch):
+    from PIL import Image
+
+    from imaginairy import pipeline
+    from imaginairy.enhancers import face_fix
+    from imaginairy.settings import Settings
+
+    calls = []
+
+    def recording_fix_faces(image, *, fidelity, device):
+        calls.append((image, fidelity, device))
+        return Image.new("RGB", image.size, "white")
+
+    monkeypatch.setattr(face_fix, "fix_faces", recording_fix_faces)
+    generated = Image.new("RGB", (64, 64), "red")
+    settings = dict(fix_faces=True, fix_faces_fidelity=0.7, safety_mode="off")
+    images, _ = pipeline.postprocess(generated, ImaginePrompt("x", **settings), "cpu", Settings())
+    ((image, fidelity, device),) = calls
+    assert image.tobytes() == generated.tobytes() and fidelity == 0.7 and device == "cpu"
+    assert images["face_fixed"].getpixel((0, 0)) == (255, 255, 255)

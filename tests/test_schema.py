@@ -42,7 +42,7 @@ def test_schema_import_is_light():
 def test_sampler_types():
     assert SAMPLER_TYPES == (
         "plms", "ddim", "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a",
-        "k_dpmpp_2m", "k_dpmpp_2s_a", "k_dpmpp_sde", "k_dpm_fast", "k_dpm_adaptive",
+        "k_dpmpp_2m", "k_dpmpp_2s_a", "k_dpmpp_sde", "k_dpm_fast", "k_dpm_adaptive", "k_dpmpp_2m_sde", "k_dpmpp_3m_sde",
     )  # fmt: skip
 
 
@@ -159,6 +159,7 @@ def test_defaults():
         "width": None,
         "height": None,
         "sampler_type": "k_dpmpp_2m",
+        "schedule": "uniform",
         "ddim_eta": 0.0,
         "tile_mode": "",
         "model": None,
@@ -373,6 +374,7 @@ def test_to_metadata(image_path):
         "width": 512,
         "height": None,
         "sampler_type": "k_dpmpp_2m",
+        "schedule": "uniform",
         "ddim_eta": 0.0,
         "tile_mode": "",
         "model": "sd-1.5",

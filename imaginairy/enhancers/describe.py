@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 from imaginairy.errors import ModelLoadError, first_line
 from imaginairy.models.cache import in_shared_cache
+from imaginairy.settings import BLIP_MODEL_ENV, Settings
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 BLIP_REPO = "Salesforce/blip-image-captioning-base"
-BLIP_MODEL_ENV = "IMAGINAIRY_BLIP_MODEL"
 CONFIG_FILES = ("*.json", "vocab.txt")
 DEFAULT_MAX_NEW_TOKENS = 30
 DEFAULT_NUM_BEAMS = 3
@@ -88,7 +88,7 @@ def blip_model_dir(model_location: str | os.PathLike | None = None) -> Path:
 
     return resolve_model_folder(
         BLIP_REPO,
-        local_copy=model_location if model_location is not None else os.environ.get(BLIP_MODEL_ENV),
+        local_copy=model_location if model_location is not None else Settings.from_environment().blip_model,
         config_patterns=CONFIG_FILES,
         required_files=("config.json",),
         description="Caption model",
@@ -116,7 +116,7 @@ def _load_caption_model(folder: Path, device: str) -> CaptionModel:
 def _as_rgb_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     from PIL import Image
 
-    from imaginairy.schema import LazyLoadingImage
+    from imaginairy.utils.images import LazyLoadingImage
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")

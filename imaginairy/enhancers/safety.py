@@ -37,6 +37,7 @@ from imaginairy.errors import (
 )
 from imaginairy.models.cache import in_shared_cache
 from imaginairy.schema import SAFETY_MODES
+from imaginairy.settings import DEFAULT_SAFETY_MODE, SAFETY_CHECKER_ENV, SAFETY_MODE_ENV, Settings
 
 if TYPE_CHECKING:
     import torch
@@ -44,10 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SAFETY_MODE = "classify"
-SAFETY_MODE_ENV = "IMAGINAIRY_SAFETY_MODE"
 SAFETY_CHECKER_REPO = "CompVis/stable-diffusion-safety-checker"
-SAFETY_CHECKER_ENV = "IMAGINAIRY_SAFETY_CHECKER_MODEL"
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
 CONCEPT_COUNT = 17
 SPECIAL_CARE_COUNT = 3
@@ -79,9 +77,11 @@ class SafetyResult:
 UNCHECKED = SafetyResult(is_nsfw=None, checked=False)
 
 
-def resolve_safety_mode(mode: str | None = None) -> str:
-    """The safety mode to use: `mode` if given, else IMAGINAIRY_SAFETY_MODE, else `classify` (case-insensitive)."""
-    chosen = mode if mode is not None else os.environ.get(SAFETY_MODE_ENV) or DEFAULT_SAFETY_MODE
+def resolve_safety_mode(mode: str | None = None, settings: Settings | None = None) -> str:
+    """The safety mode to use: `mode` if given, else the settings' (IMAGINAIRY_SAFETY_MODE; `settings` read from
+    the environment when not given), else `classify` (case-insensitive)."""
+    settings = settings if settings is not None else Settings.from_environment()
+    chosen = mode if mode is not None else settings.safety_mode or DEFAULT_SAFETY_MODE
     normalized = str(chosen).strip().lower()
     if normalized not in SAFETY_MODES:
         source = "safety mode" if mode is not None else SAFETY_MODE_ENV
@@ -89,13 +89,15 @@ def resolve_safety_mode(mode: str | None = None) -> str:
     return normalized
 
 
-def ensure_safety_available(mode: str | None = None, *, model_location: str | os.PathLike | None = None) -> str:
+def ensure_safety_available(
+    mode: str | None = None, *, model_location: str | os.PathLike | None = None, settings: Settings | None = None
+) -> str:
     """Resolve the mode and, for `filter`, make sure the checker's files are at hand (downloading them if needed),
     without loading the model. Returns the resolved mode. Call before generating so `filter` fails before the work.
 
     Raises InvalidInputError for an unknown mode, SafetyCheckUnavailableError when `filter` cannot be honoured.
     """
-    mode = resolve_safety_mode(mode)
+    mode = resolve_safety_mode(mode, settings)
     if mode == "filter":
         try:
             safety_checker_dir(model_location)
@@ -186,7 +188,7 @@ def safety_checker_dir(model_location: str | os.PathLike | None = None) -> Path:
 
     return resolve_model_folder(
         SAFETY_CHECKER_REPO,
-        local_copy=model_location if model_location is not None else os.environ.get(SAFETY_CHECKER_ENV),
+        local_copy=model_location if model_location is not None else Settings.from_environment().safety_checker_model,
         config_patterns=CONFIG_FILES,
         required_files=CONFIG_FILES,
         description="Safety checker",

@@ -24,8 +24,8 @@ from PIL import Image
 from imaginairy.errors import ModelLoadError, ModelNotFoundError, WeightsUnavailableError, first_line
 from imaginairy.masking.expression import evaluate, parse_mask_expression, phrases
 from imaginairy.models.cache import in_shared_cache
+from imaginairy.settings import DEFAULT_CLIPSEG_LOCATION
 
-DEFAULT_CLIPSEG_LOCATION = "CIDAS/clipseg-rd64-refined"
 CLIPSEG_FILE_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 HUB_REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

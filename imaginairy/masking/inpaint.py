@@ -1,5 +1,9 @@
 """Inpainting and outpainting: from a prompt's mask settings to what the sampler needs, and back to images.
 
+`prepare_edit(prompt, default_size)` is the one entry point: it returns an `Edit` for every prompt (a plain
+txt2img or img2img prompt gets one that changes nothing), holding the generation size, the sampler's starting
+picture, its mask, the inputs a 9-channel inpainting UNet takes, and `composite` / `finish` for the way back.
+
 The *described mask* (white = the area the mask describes) comes from, in this order:
 - `mask_prompt`: the mask language through CLIPSeg (`imaginairy.masking.clipseg`), on the full-resolution init
   image. The CLIPSeg weights are read from the folder or hub repo id in the environment variable
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +45,13 @@ from PIL import Image
 
 from imaginairy.errors import EmptyMaskError
 from imaginairy.masking.outpaint import OutpaintAmounts, expand_canvas, frequency_matched_noise, parse_outpaint_spec
+from imaginairy.modules.autoencoder import LATENT_SCALE
 from imaginairy.schema import MAX_SIDE, ImaginePrompt
-from imaginairy.utils.images import has_transparent_pixels
+from imaginairy.settings import CLIPSEG_MODEL_ENV, Settings  # noqa: F401 (CLIPSEG_MODEL_ENV: named in the docstring)
+from imaginairy.utils.images import has_transparent_pixels, pil_to_tensor, resize_and_crop
 
 logger = logging.getLogger(__name__)
 
-CLIPSEG_MODEL_ENV = "IMAGINAIRY_CLIPSEG_MODEL"
-LATENT_SCALE = 8
 OUTPAINT_SIZE_MULTIPLE = LATENT_SCALE  # one latent pixel
 MASK_IMAGE_THRESHOLD = 128
 SOFT_EDGE_FRACTION = 0.01
@@ -57,7 +60,7 @@ SEAMLESS_HALO_FRACTION = 1 / 16
 
 
 @dataclass(frozen=True, eq=False)
-class Edit:
+class MaskedCanvas:
     """An inpainting or outpainting job, prepared: the full-resolution canvas and masks, and the frame generated.
 
     Masks are "L" images, 255 where the image is regenerated.
@@ -73,13 +76,48 @@ class Edit:
     seamless_boost: float
     modify_original: bool
 
-    @property
-    def width(self) -> int:
-        return self.frame_image.width
+
+@dataclass(frozen=True, eq=False)
+class Edit:
+    """What a prompt's init image and mask settings mean for one generation, prepared once by `prepare_edit`.
+
+    - `width`, `height`: the generation size;
+    - `init_image`: the sampler's starting picture at that size, or None to start from noise;
+    - `unchanged_image`: what a run at init image strength 1 returns (nothing is generated);
+    - `sampler_mask()`: where a 4-channel model regenerates, at latent resolution, or None for everywhere;
+    - `inpainting_inputs()`: what a 9-channel inpainting UNet is conditioned on, before encoding;
+    - `composite(decoded)`: the decoded image let into the frame (before the post-processing);
+    - `finish(final)`: the extra result images (the final image pasted into the original, the masks).
+    `masked` holds the masks of an inpainting or outpainting job; None for txt2img and img2img.
+    """
+
+    width: int
+    height: int
+    init_image: Image.Image | None
+    masked: MaskedCanvas | None = None
 
     @property
-    def height(self) -> int:
-        return self.frame_image.height
+    def unchanged_image(self) -> Image.Image | None:
+        return self.masked.frame_image if self.masked is not None else self.init_image
+
+    def sampler_mask(self) -> torch.Tensor | None:
+        return latent_mask(self.masked) if self.masked is not None else None
+
+    def inpainting_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask [1, 1, h/8, w/8], masked image [1, 3, H, W] in [-1, 1]); without masks everything is regenerated
+        from a blank image."""
+        if self.masked is None:
+            regenerate = torch.ones(1, 1, self.height, self.width)
+            pixels = torch.zeros(1, 3, self.height, self.width)
+        else:
+            regenerate, pixels = mask_tensor(self.masked.frame_regenerate), pil_to_tensor(self.masked.init_image)
+        return inpainting_mask_and_image(regenerate, pixels)
+
+    def composite(self, decoded: Image.Image) -> Image.Image:
+        return composited_onto_frame(self.masked, decoded) if self.masked is not None else decoded
+
+    def finish(self, final: Image.Image) -> dict[str, Image.Image]:
+        return edit_result_images(self.masked, final) if self.masked is not None else {}
 
 
 @dataclass(frozen=True)
@@ -100,10 +138,29 @@ def is_edit(prompt: ImaginePrompt) -> bool:
     return has_transparent_pixels(prompt.init_image.alpha)
 
 
-def prepare_edit(prompt: ImaginePrompt, default_size: int, device: torch.device | str = "cpu") -> Edit:
-    """The Edit a prompt (with `is_edit(prompt)`) describes; EmptyMaskError when nothing would be regenerated."""
+def prepare_edit(
+    prompt: ImaginePrompt, default_size: int, device: torch.device | str = "cpu", clipseg_model: str | None = None
+) -> Edit:
+    """The Edit of a prompt; EmptyMaskError when a mask or outpaint spec would regenerate nothing. Without masks the
+    size is the prompt's or `default_size`, and the init image (at a strength above 0) is scaled to cover it and
+    centre-cropped. `clipseg_model` is where the CLIPSeg weights for a mask prompt are (the settings'; read from
+    the environment when not given)."""
+    if not is_edit(prompt):
+        width, height = prompt.width or default_size, prompt.height or default_size
+        init_image = None
+        if prompt.init_image is not None and prompt.init_image_strength > 0:
+            init_image = resize_and_crop(prompt.init_image.as_pil(), width, height)
+        return Edit(width, height, init_image)
+    masked = masked_canvas(prompt, default_size, device, clipseg_model or Settings.from_environment().clipseg_model)
+    return Edit(masked.frame_image.width, masked.frame_image.height, masked.init_image, masked)
+
+
+def masked_canvas(
+    prompt: ImaginePrompt, default_size: int, device: torch.device | str, clipseg_model: str
+) -> MaskedCanvas:
+    """The MaskedCanvas a prompt (with `is_edit(prompt)`) describes."""
     original = prompt.init_image.as_pil()
-    described = described_mask(prompt, original, device)
+    described = described_mask(prompt, original, device, clipseg_model)
     grayscale, regenerate = regenerated_area(described, prompt.mask_mode, original.size)
     amounts = parse_outpaint_spec(prompt.outpaint) if prompt.outpaint else OutpaintAmounts()
     canvas, regenerate, grayscale = outpainted(original, regenerate, grayscale, amounts)
@@ -125,7 +182,7 @@ def prepare_edit(prompt: ImaginePrompt, default_size: int, device: torch.device 
             f" image that is generated at {width}x{height}; nothing was generated. Set width and height to the"
             " init image's aspect ratio."
         )
-    return Edit(
+    return MaskedCanvas(
         canvas=canvas,
         regenerate=regenerate_image,
         grayscale=mask_image_from_array(grayscale),
@@ -138,12 +195,12 @@ def prepare_edit(prompt: ImaginePrompt, default_size: int, device: torch.device 
     )
 
 
-def described_mask(prompt: ImaginePrompt, original: Image.Image, device) -> DescribedMask | None:
+def described_mask(prompt: ImaginePrompt, original: Image.Image, device, clipseg_model: str) -> DescribedMask | None:
     """The mask the prompt describes on `original` (see the module docstring), or None for a pure outpaint."""
     if prompt.mask_prompt:
         from imaginairy.masking.clipseg import load_clipseg, mask_from_expression
 
-        clipseg = load_clipseg(clipseg_location(), device=device)
+        clipseg = load_clipseg(clipseg_model, device=device)
         grayscale, binary = mask_from_expression(original, prompt.mask_prompt, clipseg)
         described = DescribedMask(grayscale.cpu().numpy(), binary.cpu().numpy(), f"mask prompt {prompt.mask_prompt!r}")
         return checked_not_empty(described, "matched nothing in the init image; describe something it shows")
@@ -236,13 +293,7 @@ def mask_tensor(mask: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)[None, None]
 
 
-def clipseg_location() -> str:
-    from imaginairy.masking.clipseg import DEFAULT_CLIPSEG_LOCATION
-
-    return os.environ.get(CLIPSEG_MODEL_ENV) or DEFAULT_CLIPSEG_LOCATION
-
-
-def latent_mask(edit: Edit) -> torch.Tensor:
+def latent_mask(edit: MaskedCanvas) -> torch.Tensor:
     """The sampler's mask [1, 1, h/8, w/8]: 1 on every latent cell whose 8x8 pixels touch the regenerate mask,
     raised to boost x halo around it in seamless mode."""
     regenerate = mask_tensor(edit.frame_regenerate)
@@ -291,19 +342,19 @@ def composite_mask(regenerate: Image.Image, seamless_boost: float) -> Image.Imag
     return mask_image_from_array(weights[0, 0].numpy())
 
 
-def composited_onto_frame(edit: Edit, generated: Image.Image) -> Image.Image:
+def composited_onto_frame(edit: MaskedCanvas, generated: Image.Image) -> Image.Image:
     """The generated image let into the frame through the softened (and seamless-haloed) regenerate mask."""
     return Image.composite(generated, edit.frame_image, composite_mask(edit.frame_regenerate, edit.seamless_boost))
 
 
-def edit_result_images(edit: Edit, final: Image.Image) -> dict[str, Image.Image]:
+def edit_result_images(edit: MaskedCanvas, final: Image.Image) -> dict[str, Image.Image]:
     """The extra result images of an edit: "modified_original" (`final` pasted into the canvas, with
     `modify_original`), "mask_binary" and "mask_grayscale" (on the canvas, white = regenerated)."""
     images = {"modified_original": pasted_into_canvas(edit, final)} if edit.modify_original else {}
     return {**images, "mask_binary": edit.regenerate, "mask_grayscale": edit.grayscale}
 
 
-def pasted_into_canvas(edit: Edit, generated: Image.Image) -> Image.Image:
+def pasted_into_canvas(edit: MaskedCanvas, generated: Image.Image) -> Image.Image:
     """The full-resolution canvas with `generated` (scaled back to its box) let in through the softened mask."""
     left, top, right, bottom = edit.box
     with_generated = edit.canvas.copy()

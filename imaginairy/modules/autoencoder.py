@@ -13,6 +13,10 @@ from imaginairy.modules.attention import attention
 from imaginairy.modules.banded import norm_silu_conv, upsample_conv
 from imaginairy.modules.layers import TileableConv2d, group_norm, pad_for_tile_mode
 
+# The latent space of every Stable Diffusion VAE: one latent pixel per 8x8 image pixels, 4 channels.
+LATENT_SCALE = 8
+LATENT_CHANNELS = 4
+
 
 def vae_norm(channels: int) -> nn.GroupNorm:
     return group_norm(channels, eps=1e-6)

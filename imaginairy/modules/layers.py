@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TILE_MODES = ("", "x", "y", "xy")
+from imaginairy.modules.tile_modes import TILE_MODES
 
 
 def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:

@@ -1,16 +1,22 @@
-"""The sampler layer: turns initial noise (or a noised init latent) into final latents with any model function.
+"""The sampler layer turns initial noise (or a noised init latent) into final latents with any model function.
 
     sample(sampler_type, model_fn, schedule, *, noise, steps, cond, uncond, guidance_scale,
-           prediction_type="epsilon", init_latent=None, denoise_strength=1.0, mask=None, ddim_eta=0.0,
-           generator, callback=None, cancel_event=None) -> final latents
+           prediction_type="epsilon", sigma_schedule="uniform", init_latent=None, denoise_strength=1.0, mask=None,
+           ddim_eta=0.0, unet_inputs=None, generator, callback=None, cancel_event=None) -> final latents
 
-- `sampler_type`: one of `SAMPLER_TYPES` ("plms", "ddim", and the k-diffusion samplers "k_*").
-- `model_fn(x, t, context) -> raw output` (epsilon or v, per `prediction_type`) for a batch: `x` [N, C, h, w],
-  `t` float timesteps [N] (fractional for the k-samplers), `context` the text embeddings [N, tokens, dim].
+- `sampler_type`: one of `SAMPLER_TYPES` ("plms", "ddim", and the k-diffusion samplers "k_*"), the names of
+  `imaginairy.samplers.table` (which also maps the AUTOMATIC1111 display names to them).
+- `model_fn(x, t, context, **unet_inputs) -> raw output` (epsilon or v, per `prediction_type`) for a batch: `x`
+  [N, C, h, w], `t` float timesteps [N] (fractional for the k-samplers), `context` the text embeddings
+  [N, tokens, dim], `unet_inputs` any further UNet inputs by keyword (the 9-channel inpainting channels, SDXL's
+  `y`, a ControlNet hint: a new kind of conditioning is a new keyword, not a new code path here).
   Classifier-free guidance calls it once with the batch `[uncond, cond]` (diffusers' order) and uses
   `uncond + guidance_scale * (cond - uncond)`; with `guidance_scale == 1` it is called with `cond` only.
-  `cond` and `uncond` have the batch size of `noise`.
-- `schedule`: the `NoiseSchedule` the model was trained with.
+  `cond` and `uncond` (context tensors or `Conditioning`s, which add per-side inputs such as `y`) have the batch
+  size of `noise`; `unet_inputs` (shared by both sides) go to every call unchanged.
+- `schedule`: the `NoiseSchedule` the model was trained with; `sigma_schedule` how the k-samplers space their
+  sigmas on it (`SCHEDULES`: "uniform", the model's own, "karras", "exponential", "simple"). DDIM, PLMS and the
+  DPM fast/adaptive samplers take only "uniform".
 - `noise`: unit Gaussian noise [B, 4, h, w] drawn by the caller from the seed, on the device to run on.
 - `steps`: the number of steps of the full (txt2img) schedule.
 - img2img: with `init_latent`, only the last `min(int(steps * denoise_strength), steps)` steps run (diffusers'
@@ -19,8 +25,9 @@
   Without `init_latent` the run is txt2img from `noise` and `denoise_strength` must be 1.
 - `mask` (needs `init_latent`; broadcastable to it, at latent resolution): 1 regenerates, 0 keeps the init
   latent, fractions blend. The kept region is the init latent noised to the current level with the same `noise`
-  at every step (DDIM/PLMS blend after every step; the k-samplers blend every model input and clean estimate),
-  and the result equals `init_latent` exactly where the mask is 0.
+  at every step: every model input's kept part is the init latent noised to the current level (the k-samplers'
+  clean estimates' kept part the init latent), in the one wrapper of `samplers.base` that the samplers never see;
+  the result equals `init_latent` exactly where the mask is 0.
 - `ddim_eta`: DDIM's stochasticity (0 = deterministic). All random numbers of every sampler come from the CPU
   `generator`, so a seed gives bit-identical latents on the same machine.
 - `callback(step, total, denoised)`: after every step, `step` counting from 1 to `total`, with the current
@@ -29,99 +36,22 @@
   with `GenerationCancelled`, as does `cancel_event` being set, which is checked before every model call.
 """
 
-from __future__ import annotations
+import importlib
 
-import threading
+__all__ = ["SAMPLER_TYPES", "SCHEDULES", "Conditioning", "NoiseSchedule", "sample"]
 
-import torch
-
-from imaginairy.errors import InvalidInputError
-from imaginairy.samplers.base import (
-    KeptRegion,
-    ModelFunction,
-    ProgressCallback,
-    StepReporter,
-    guided_model_fn,
-    steps_to_run,
-)
-from imaginairy.samplers.ddim import ddim_timesteps, noised, sample_ddim
-from imaginairy.samplers.kdiffusion import (
-    K_SAMPLER_TYPES,
-    discrete_denoiser,
-    reported_total,
-    run_sigmas,
-    sample_kdiffusion,
-)
-from imaginairy.samplers.plms import sample_plms
-from imaginairy.samplers.schedule import NoiseSchedule
-
-SAMPLER_TYPES = ("plms", "ddim", *K_SAMPLER_TYPES)
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-__all__ = ["SAMPLER_TYPES", "NoiseSchedule", "sample"]
+# Imported on first use: `imaginairy.samplers.table` is read at CLI start-up and must not pull in torch.
+_LOCATIONS = {
+    "sample": "imaginairy.samplers.run",
+    "Conditioning": "imaginairy.samplers.base",
+    "NoiseSchedule": "imaginairy.samplers.schedule",
+    "SAMPLER_TYPES": "imaginairy.samplers.table",
+    "SCHEDULES": "imaginairy.samplers.table",
+    "PREDICTION_TYPES": "imaginairy.samplers.table",
+}
 
 
-@torch.no_grad()
-def sample(
-    sampler_type: str,
-    model_fn: ModelFunction,
-    schedule: NoiseSchedule,
-    *,
-    noise: torch.Tensor,
-    steps: int,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
-    guidance_scale: float,
-    prediction_type: str = "epsilon",
-    init_latent: torch.Tensor | None = None,
-    denoise_strength: float = 1.0,
-    mask: torch.Tensor | None = None,
-    ddim_eta: float = 0.0,
-    generator: torch.Generator,
-    callback: ProgressCallback | None = None,
-    cancel_event: threading.Event | None = None,
-) -> torch.Tensor:
-    """The final latents of one sampling run; see the module docstring for every argument."""
-    check_inputs(sampler_type, schedule, steps, prediction_type, init_latent, denoise_strength, mask, generator)
-    run_steps = steps_to_run(steps, denoise_strength)
-    if run_steps == 0:
-        return init_latent
-    model = guided_model_fn(model_fn, cond, uncond, guidance_scale)
-    alphas_cumprod = schedule.alphas_cumprod().to(device=noise.device, dtype=torch.float32)
-    kept = KeptRegion(init_latent, mask, noise) if mask is not None else None
-
-    if sampler_type in ("ddim", "plms"):
-        timesteps = ddim_timesteps(schedule.num_timesteps, steps)[steps - run_steps :]
-        x = noise if init_latent is None else noised(init_latent, noise, float(alphas_cumprod[timesteps[0]]))
-        reporter = StepReporter(callback, cancel_event, run_steps)
-        options = {"prediction_type": prediction_type, "kept": kept, "reporter": reporter}
-        if sampler_type == "ddim":
-            return sample_ddim(
-                model, x, alphas_cumprod, timesteps, eta=ddim_eta, generator=generator, **options
-            )
-        return sample_plms(model, x, alphas_cumprod, timesteps, **options)
-
-    denoiser = discrete_denoiser(model, alphas_cumprod, prediction_type)
-    sigmas = run_sigmas(denoiser, steps, run_steps)
-    x = noise * sigmas[0] if init_latent is None else init_latent + noise * sigmas[0]
-    reporter = StepReporter(callback, cancel_event, reported_total(sampler_type, run_steps))
-    x = sample_kdiffusion(sampler_type, denoiser, x, sigmas, generator=generator, kept=kept, reporter=reporter)
-    return x if kept is None else kept.blend(x, init_latent)
-
-
-def check_inputs(sampler_type, schedule, steps, prediction_type, init_latent, denoise_strength, mask, generator):
-    if sampler_type not in SAMPLER_TYPES:
-        raise InvalidInputError(f"Unknown sampler type {sampler_type!r}: use one of {', '.join(SAMPLER_TYPES)}.")
-    if prediction_type not in PREDICTION_TYPES:
-        valid = ", ".join(PREDICTION_TYPES)
-        raise InvalidInputError(f"Unknown prediction type {prediction_type!r}: use one of {valid}.")
-    if not 1 <= steps <= schedule.num_timesteps:
-        raise InvalidInputError(f"steps is {steps}: use a whole number from 1 to {schedule.num_timesteps}.")
-    if not 0 < denoise_strength <= 1:
-        raise InvalidInputError(f"denoise strength is {denoise_strength}: use a number in (0, 1].")
-    if init_latent is None and denoise_strength != 1:
-        raise InvalidInputError("A denoise strength below 1 needs an init latent: pass init_latent or use strength 1.")
-    if mask is not None and init_latent is None:
-        raise InvalidInputError("A mask needs an init latent to keep: pass init_latent with the mask.")
-    if generator.device.type != "cpu":
-        raise InvalidInputError("The generator must be a CPU torch.Generator, so seeds give the same image everywhere.")
+def __getattr__(name):
+    if name not in _LOCATIONS:
+        raise AttributeError(f"module 'imaginairy.samplers' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LOCATIONS[name]), name)

@@ -4,11 +4,11 @@ k-diffusion works on x = x_t / sqrt(a_t) at noise level sigma = sqrt((1 - a_t) /
 `(x, sigma) -> clean estimate`. Its `DiscreteEpsDDPMDenoiser` / `DiscreteVDDPMDenoiser` turn the model's epsilon /
 v output into that estimate, converting sigma to a fractional (unquantized) timestep.
 
-The sigmas are the model's own (`get_sigmas(steps)`: timesteps evenly spaced from the last to the first, then 0),
-not the Karras spacing; `k_dpm_fast` and `k_dpm_adaptive` run between the schedule's sigma_min and the start sigma.
-Every random number comes from the CPU generator: ancestral samplers get a noise sampler drawing from it, and
-`k_dpmpp_sde` a Brownian tree seeded from it (the tree itself draws on the latents' device, so that sampler's
-images are reproducible per device).
+The sigmas follow the prompt's schedule (`imaginairy.samplers.table.SCHEDULES`; by default the model's own,
+`get_sigmas(steps)`: timesteps evenly spaced from the last to the first, then 0); `k_dpm_fast` and
+`k_dpm_adaptive` run between the schedule's sigma_min and the start sigma. Every random number comes from the CPU
+generator: ancestral samplers get a noise sampler drawing from it, and the SDE samplers a Brownian tree seeded from
+it (the tree itself draws on the latents' device, so those samplers' images are reproducible per device).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from k_diffusion import external, sampling
 
-from imaginairy.samplers.base import GuidedModel, KeptRegion, StepReporter, cpu_noise
+from imaginairy.samplers.base import GuidedModel, KDenoiser, StepCallback, cpu_noise
 
 SIGMA_SCHEDULE_SAMPLERS = {
     "k_lms": sampling.sample_lms,
@@ -34,10 +34,12 @@ SIGMA_SCHEDULE_SAMPLERS = {
     "k_dpmpp_2m": sampling.sample_dpmpp_2m,
     "k_dpmpp_2s_a": sampling.sample_dpmpp_2s_ancestral,
     "k_dpmpp_sde": sampling.sample_dpmpp_sde,
+    "k_dpmpp_2m_sde": sampling.sample_dpmpp_2m_sde,
+    "k_dpmpp_3m_sde": sampling.sample_dpmpp_3m_sde,
 }
 ANCESTRAL_SAMPLERS = ("k_euler_a", "k_dpm_2_a", "k_dpmpp_2s_a")
-SIGMA_RANGE_SAMPLERS = ("k_dpm_fast", "k_dpm_adaptive")
-K_SAMPLER_TYPES = (*SIGMA_SCHEDULE_SAMPLERS, *SIGMA_RANGE_SAMPLERS)
+BROWNIAN_SAMPLERS = ("k_dpmpp_sde", "k_dpmpp_2m_sde", "k_dpmpp_3m_sde")
+KARRAS_RHO = 7.0
 
 
 def discrete_denoiser(model: GuidedModel, alphas_cumprod: torch.Tensor, prediction_type: str):
@@ -46,9 +48,24 @@ def discrete_denoiser(model: GuidedModel, alphas_cumprod: torch.Tensor, predicti
     return external.DiscreteEpsDDPMDenoiser(model, alphas_cumprod, quantize=False)
 
 
-def run_sigmas(denoiser, steps: int, steps_to_run: int) -> torch.Tensor:
+def schedule_sigmas(denoiser, schedule: str, steps: int) -> torch.Tensor:
+    """The `steps + 1` sigmas of a full `steps`-step run on `schedule`, ending in 0."""
+    sigma_min, sigma_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    device = denoiser.sigmas.device
+    if schedule == "karras":
+        return sampling.get_sigmas_karras(steps, sigma_min, sigma_max, rho=KARRAS_RHO, device=device)
+    if schedule == "exponential":
+        return sampling.get_sigmas_exponential(steps, sigma_min, sigma_max, device=device)
+    if schedule == "simple":
+        stride = len(denoiser.sigmas) / steps
+        picked = [denoiser.sigmas[-(1 + int(i * stride))] for i in range(steps)]
+        return sampling.append_zero(torch.stack(picked))
+    return denoiser.get_sigmas(steps)
+
+
+def run_sigmas(denoiser, schedule: str, steps: int, steps_to_run: int) -> torch.Tensor:
     """The last `steps_to_run` steps of the `steps`-step schedule: steps_to_run + 1 sigmas ending in 0."""
-    return denoiser.get_sigmas(steps)[steps - steps_to_run :]
+    return schedule_sigmas(denoiser, schedule, steps)[steps - steps_to_run :]
 
 
 def reported_total(sampler_type: str, steps_to_run: int) -> int | None:
@@ -63,35 +80,18 @@ def reported_total(sampler_type: str, steps_to_run: int) -> int | None:
 
 def sample_kdiffusion(
     sampler_type: str,
-    denoiser,
+    denoise: KDenoiser,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
+    sigma_min: float,
     generator: torch.Generator,
-    kept: KeptRegion | None,
-    reporter: StepReporter,
+    callback: StepCallback,
 ) -> torch.Tensor:
-    """Runs the k-diffusion sampler over `sigmas` from `x` (already at noise level sigmas[0]).
-
-    With a kept region, every model input has the kept part replaced by the init latent noised to the current
-    sigma with the run's noise, and every clean estimate by the init latent; for a 0/1 mask this is the same as
-    blending after every step, and the deterministic samplers then keep that region exactly on the noised-init
-    path.
-    """
-
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        reporter.before_model_call()
-        if kept is None:
-            return denoiser(x, sigma)
-        x = kept.blend(x, kept.init_latent + kept.noise * sigma[:, None, None, None])
-        return kept.blend(denoiser(x, sigma), kept.init_latent)
-
-    def on_step(info: dict) -> None:
-        reporter.step_done(info["i"] + 1, info["denoised"])
-
-    common = {"callback": on_step, "disable": True}
-    if sampler_type in SIGMA_RANGE_SAMPLERS:
-        sigma_min, sigma_max = float(denoiser.sigma_min), float(sigmas[0])
+    """Runs the k-diffusion sampler over `sigmas` from `x` (already at noise level sigmas[0])."""
+    common = {"callback": callback, "disable": True}
+    if sampler_type in ("k_dpm_fast", "k_dpm_adaptive"):
+        sigma_max = float(sigmas[0])
         noise_sampler = generator_noise_sampler(x, generator)
         if sampler_type == "k_dpm_fast":
             n = len(sigmas) - 1
@@ -99,7 +99,7 @@ def sample_kdiffusion(
         return sampling.sample_dpm_adaptive(denoise, x, sigma_min, sigma_max, noise_sampler=noise_sampler, **common)
     if sampler_type in ANCESTRAL_SAMPLERS:
         common["noise_sampler"] = generator_noise_sampler(x, generator)
-    if sampler_type == "k_dpmpp_sde":
+    if sampler_type in BROWNIAN_SAMPLERS:
         common["noise_sampler"] = brownian_noise_sampler(x, sigmas, generator)
     return SIGMA_SCHEDULE_SAMPLERS[sampler_type](denoise, x, sigmas, **common)
 

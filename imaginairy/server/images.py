@@ -32,7 +32,7 @@ def decode_image(data: str, field: str) -> Image.Image:
 def open_image_bytes(raw: bytes, field: str) -> Image.Image:
     from PIL import Image
 
-    from imaginairy.schema import eight_bit
+    from imaginairy.utils.images import eight_bit
 
     # the header is read first, so a small file declaring a huge image (a decompression bomb) is refused before its
     # pixels are decoded

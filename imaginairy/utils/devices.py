@@ -9,10 +9,14 @@ import torch
 from imaginairy.errors import InvalidInputError
 
 
-def default_device() -> torch.device:
-    """`IMAGINAIRY_DEVICE` if set, else the best accelerator present, else the CPU."""
-    if requested := os.environ.get("IMAGINAIRY_DEVICE"):
-        return as_device(requested, source="IMAGINAIRY_DEVICE")
+def default_device(requested: str | None = None) -> torch.device:
+    """`requested` (the settings' IMAGINAIRY_DEVICE; read from the environment when not given) if set, else the best
+    accelerator present, else the CPU."""
+    from imaginairy.settings import DEVICE_ENV, Settings
+
+    requested = requested if requested is not None else Settings.from_environment().device
+    if requested:
+        return as_device(requested, source=DEVICE_ENV)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -30,9 +34,10 @@ def as_device(device: torch.device | str, source: str = "device") -> torch.devic
 
 # CPU feature flags (Linux /proc/cpuinfo names) of native bfloat16 matrix arithmetic: x86 AVX512-BF16 / AMX, Arm BF16.
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = "/proc/cpuinfo"
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
+def resolve_precision(precision: str, device: torch.device | str, cpuinfo_path: str | os.PathLike = CPUINFO) -> str:
     """The concrete precision ("full", "autocast", "bf16" or "fp16") for a requested one; "auto" picks bf16 where the
     hardware computes it natively (CUDA GPUs that support it, CPUs with AVX512-BF16 / AMX / Arm BF16), else full."""
     if precision != "auto":
@@ -41,13 +46,14 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "full"
     if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "full"
+        return "bf16" if cpu_has_native_bf16(cpuinfo_path) else "full"
     return "full"
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo_path: str | os.PathLike = CPUINFO) -> bool:
+    """Whether the CPU's feature flags (the first `flags` / `Features` line of /proc/cpuinfo) name native bf16."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        with open(cpuinfo_path, encoding="utf-8") as cpuinfo:
             flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
     except OSError:
         return False

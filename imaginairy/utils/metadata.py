@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 from PIL import ExifTags, Image, PngImagePlugin
 
 from imaginairy.errors import ImageLoadError
+from imaginairy.samplers.table import A1111_SAMPLER_NAMES, A1111_SCHEDULE_NAMES, DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
     from imaginairy.schema import ImaginePrompt
@@ -33,24 +34,6 @@ EXIF_USER_COMMENT = ExifTags.Base.UserComment
 # The EXIF UserComment value starts with an 8-byte character code naming its encoding.
 USER_COMMENT_UNICODE = b"UNICODE\0"
 USER_COMMENT_ASCII = b"ASCII\0\0\0"
-
-# Our sampler names and the names the AUTOMATIC1111 web UI gives the same samplers.
-A1111_SAMPLER_NAMES = {
-    "plms": "PLMS",
-    "ddim": "DDIM",
-    "k_lms": "LMS",
-    "k_euler": "Euler",
-    "k_euler_a": "Euler a",
-    "k_heun": "Heun",
-    "k_dpm_2": "DPM2",
-    "k_dpm_2_a": "DPM2 a",
-    "k_dpmpp_2m": "DPM++ 2M",
-    "k_dpmpp_2s_a": "DPM++ 2S a",
-    "k_dpmpp_sde": "DPM++ SDE",
-    "k_dpm_fast": "DPM fast",
-    "k_dpm_adaptive": "DPM adaptive",
-}
-
 
 def imaginairy_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -83,6 +66,8 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
         "Size": f"{metadata['width']}x{metadata['height']}",
         "Model": metadata["model"],
     }
+    if metadata.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE:
+        settings["Schedule type"] = A1111_SCHEDULE_NAMES.get(metadata["schedule"], metadata["schedule"])
     if metadata.get("init_image") is not None:
         settings["Denoising strength"] = f"{round(1 - metadata['init_image_strength'], 4):g}"
     if metadata.get("ddim_eta"):

@@ -98,6 +98,16 @@ def save_result(
     )
 
 
+def save_image(result: ImagineResult, path: str | os.PathLike, image_type: str) -> Path:
+    """Write the `image_type` image of `result` to `path` (format from the extension) with the metadata embedded;
+    OutputWriteError if `path` exists."""
+    from imaginairy.utils.metadata import write_image_with_metadata
+
+    img = result.image_of_type(image_type)
+    return write_new_file(path, lambda file, file_format: write_image_with_metadata(img, file, file_format,
+                                                                                    result.metadata))
+
+
 def write_new_file(path: str | os.PathLike, write: FileWriter) -> Path:
     """Create `path` with what `write(file, file_format)` writes; OutputWriteError if it exists or on any failure."""
     path = os.fspath(path)

@@ -170,6 +170,17 @@ def test_retinaface_detector_loads_weights_in_its_checkpoint_layout(tmp_path):
     torch.manual_seed(0)
     state_dict = RetinaFace(network_name="resnet50", device="cpu").state_dict()
     torch.save({f"module.{name}": tensor for name, tensor in state_dict.items()}, weights)
-    detect = retinaface_detector(weights, device="cpu")
-    faces = detect(np.zeros((64, 64, 3), dtype=np.uint8))
-    assert all(isinstance(face, DetectedFace) for face in faces)
+    detect = retinaface_detector(weights, device="cpu", min_score=0.0)  # random weights: keep every detection
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    faces = detect(pixels)
+    assert faces and all(isinstance(face, DetectedFace) for face in faces)
+    # facexlib's rows are [x0, y0, x1, y1, score, then five (x, y) landmarks], for the image given as BGR
+    from imaginairy.enhancers.face_fix import _load_retinaface
+
+    with torch.inference_mode():
+        rows = _load_retinaface(str(weights), "cpu").detect_faces(np.ascontiguousarray(pixels[:, :, ::-1]), 0.0)
+    assert len(rows) == len(faces)
+    for face, row in zip(faces, rows):
+        np.testing.assert_array_equal(face.box, row[:4])
+        assert face.score == pytest.approx(row[4])
+        np.testing.assert_array_equal(face.landmarks, row[5:15].reshape(5, 2))

@@ -6,14 +6,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-from imaginairy.enhancers.upscale import (
-    blend_weights,
-    load_upscaler,
-    tile_starts,
-    upscale_image,
-    upscale_tiled,
-)
+from imaginairy.enhancers.upscale import load_upscaler, upscale_image, upscale_tiled
 from imaginairy.errors import InvalidInputError, ModelLoadError, WeightsUnavailableError
+from imaginairy.utils.overlapping_tiles import margin_edge_weights, tile_starts
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +73,7 @@ def test_blend_weights_of_neighbouring_tiles_sum_to_one(length, tile_size, tile_
     starts = tile_starts(length, tile_size, tile_overlap)
     total = torch.zeros(length * scale)
     for index, start in enumerate(starts):
-        weights = blend_weights(starts, index, length, tile_size, scale)
+        weights = margin_edge_weights(starts, index, length, tile_size, tile_overlap, scale)
         total[start * scale : start * scale + len(weights)] += weights
     torch.testing.assert_close(total, torch.ones(length * scale))
 

@@ -28,9 +28,9 @@ from diffusers_reference import diffusers_pipeline, scheduler_and_call
 from PIL import Image
 
 from imaginairy import ImaginePrompt, pipeline
-from imaginairy.api import load_model
 from imaginairy.masking.inpaint import prepare_edit
 from imaginairy.models.cache import ModelCache
+from imaginairy.models.runtime import load_model
 from imaginairy.utils.images import pil_to_tensor
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
@@ -60,7 +60,7 @@ def test_inpainting_model_matches_diffusers(tiny_models, sampler_type):
     with torch.inference_mode():
         cond = pipeline.weighted_text_embedding(model, prompt.prompts)
         uncond = pipeline.weighted_text_embedding(model, prompt.negative_prompts)
-        latent = pipeline.generate_latent(prompt, model, edit.init_image, edit=edit)
+        latent = pipeline.generate_latent(prompt, model, edit)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), SIZE, SIZE)
 
     scheduler, call = scheduler_and_call(sampler_type, STEPS)

@@ -1,4 +1,4 @@
-"""VAE encode/decode in overlapping tiles (imaginairy/modules/tiling.py).
+"""VAE encode/decode in overlapping tiles (imaginairy/modules/tiling.py, over imaginairy/utils/overlapping_tiles.py).
 
 The blending itself is exact: any per-pixel function applied in tiles gives the untiled result, and a tile that
 covers the whole image gives the untiled VAE output. The VAE is not per-pixel: its group norms and its mid-block
@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imaginairy.api import load_model
 from imaginairy.models.cache import ModelCache
-from imaginairy.modules.tiling import apply_in_tiles, blend_ramp, decode_in_tiles, encode_in_tiles, tile_starts
+from imaginairy.models.runtime import load_model
+from imaginairy.modules.tiling import decode_in_tiles, encode_in_tiles
 from imaginairy.schema import ImaginePrompt
+from imaginairy.utils.overlapping_tiles import apply_in_tiles, blend_ramp, tile_starts
 
 DECODE_MEAN_TOLERANCE = 0.35
 ENCODE_MEAN_TOLERANCE = 0.45

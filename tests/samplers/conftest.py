@@ -13,8 +13,9 @@ CONTEXT_SHAPE = (BATCH, 3, 8)
 
 
 class AnalyticModel:
-    """`(x, t, context) -> output` (the samplers' ModelFunction contract): a fixed 1x1 convolution of x plus a timestep-dependent term from the context,
-    so conditional and unconditional outputs differ and guidance matters. Counts its calls and keeps its inputs."""
+    """`(x, t, context) -> output` (the samplers' ModelFunction contract): a fixed 1x1 convolution of x plus a
+    timestep-dependent term from the context, so conditional and unconditional outputs differ and guidance matters.
+    Counts its calls and keeps its inputs."""
 
     def __init__(self, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)

@@ -124,3 +124,59 @@ def test_k_dpmpp_2m_matches_diffusers_dpm_solver_plus_plus_2m(model, schedule, i
     reference = diffusers_loop(scheduler, model, x, inputs)
     ours = run("k_dpmpp_2m", model, schedule, {**inputs, "steps": steps})
     torch.testing.assert_close(ours, reference, **TOLERANCE)
+
+
+def sigma_to_t(schedule, sigma: torch.Tensor) -> torch.Tensor:
+    """The fractional timestep of a sigma (interpolated in log sigma), where k-diffusion calls the model."""
+    return external.DiscreteEpsDDPMDenoiser(None, schedule.alphas_cumprod().float(), quantize=False).sigma_to_t(sigma)
+
+
+def karras_reference_loop(scheduler, model, schedule, x, inputs):
+    """diffusers' loop, but calling the model at the fractional timestep of each Karras sigma: DPMSolverMultistep
+    rounds those timesteps to whole numbers (EulerDiscrete does not), k-diffusion and A1111 do not round, so the
+    comparison checks the sigmas and the solver, not that rounding."""
+    context = torch.cat([inputs["uncond"], inputs["cond"]])
+    scale = inputs["guidance_scale"]
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+        t_model = sigma_to_t(schedule, scheduler.sigmas[i]).float().expand(x_in.shape[0])
+        out_uncond, out_cond = model(x_in, t_model, context).chunk(2)
+        x = scheduler.step(out_uncond + scale * (out_cond - out_uncond), t, x).prev_sample
+    return x
+
+
+def test_karras_sigmas_match_diffusers(schedule):
+    """Same rho-7 spacing between the same sigma_min and sigma_max (ours from float64 alphas, diffusers' float32)."""
+    from imaginairy.samplers.kdiffusion import schedule_sigmas
+
+    denoiser = external.DiscreteEpsDDPMDenoiser(None, schedule.alphas_cumprod().float(), quantize=False)
+    scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, use_karras_sigmas=True)
+    scheduler.set_timesteps(12)
+    torch.testing.assert_close(schedule_sigmas(denoiser, "karras", 12), scheduler.sigmas, rtol=1e-5, atol=1e-6)
+
+
+def test_k_euler_karras_matches_diffusers_euler_with_karras_sigmas(model, schedule, inputs):
+    scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, use_karras_sigmas=True)
+    scheduler.set_timesteps(inputs["steps"])
+    reference = diffusers_loop(scheduler, model, inputs["noise"] * scheduler.init_noise_sigma, inputs)
+    ours = run("k_euler", model, schedule, inputs, sigma_schedule="karras")
+    torch.testing.assert_close(ours, reference, **TOLERANCE)
+    assert not torch.allclose(ours, run("k_euler", model, schedule, inputs), **TOLERANCE)  # the schedule matters
+
+
+def test_k_dpmpp_2m_karras_matches_diffusers_dpm_solver_with_karras_sigmas(model, schedule, inputs):
+    scheduler = DPMSolverMultistepScheduler(
+        **SD_SCHEDULE,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        final_sigmas_type="zero",
+        use_karras_sigmas=True,
+    )
+    scheduler.set_timesteps(inputs["steps"])
+    sigma_max = scheduler.sigmas[0]
+    x = inputs["noise"] * sigma_max / (sigma_max**2 + 1) ** 0.5
+    reference = karras_reference_loop(scheduler, model, schedule, x, inputs)
+    ours = run("k_dpmpp_2m", model, schedule, inputs, sigma_schedule="karras")
+    torch.testing.assert_close(ours, reference, **TOLERANCE)
+    assert not torch.allclose(ours, run("k_dpmpp_2m", model, schedule, inputs), **TOLERANCE)

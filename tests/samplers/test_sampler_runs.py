@@ -9,8 +9,9 @@ import torch
 
 from imaginairy.errors import GenerationCancelled, InvalidInputError
 from imaginairy.samplers import SAMPLER_TYPES, NoiseSchedule, sample
+from imaginairy.samplers.table import SAMPLERS
 
-STOCHASTIC_SAMPLERS = ("k_euler_a", "k_dpm_2_a", "k_dpmpp_2s_a", "k_dpmpp_sde")
+STOCHASTIC_SAMPLERS = tuple(sampler.name for sampler in SAMPLERS if sampler.stochastic)
 DETERMINISTIC_SAMPLERS = tuple(s for s in SAMPLER_TYPES if s not in STOCHASTIC_SAMPLERS)
 
 

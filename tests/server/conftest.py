@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from server_helpers import CALL_TIMEOUT, SIZE, text_request
+from server_helpers import CALL_TIMEOUT, text_request
 from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
 
 from imaginairy.server.app import ServerConfig, start_server
@@ -16,18 +16,6 @@ def model_cache():
     from imaginairy.models.cache import ModelCache
 
     return ModelCache(max_bytes=2**31)
-
-
-@pytest.fixture(scope="session")
-def engines_file(tiny_models, tmp_path_factory):
-    path = tmp_path_factory.mktemp("server") / "engines.yaml"
-    tiny = tiny_models["tiny-sd15"]
-    path.write_text(
-        f"tiny:\n  model: {tiny}\n  name: Tiny SD 1.5\n  defaults: {{steps: 1, width: {SIZE}, height: {SIZE}}}\n"
-        f"tiny-inpainting:\n  model: {tiny_models['tiny-sd15-inpainting']}\n  defaults: {{steps: 1}}\n"
-        f"broken:\n  model: {tiny.parent / 'missing.safetensors'}\n"
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -108,3 +108,25 @@ def test_an_answer_too_large_for_one_message_carries_the_generated_image(monkeyp
     monkeypatch.setattr(protocol, "MAX_ANSWER_IMAGE_BYTES", 150_000)
     sent = Image.open(io.BytesIO(protocol.png_bytes(result, embed_metadata=True)))
     assert sent.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "safety, reason",
+    [
+        ({"is_nsfw": True, "checked": True, "filtered": True}, generation.FILTER),
+        ({"is_nsfw": True, "checked": True, "filtered": False}, generation.FILTER),
+        ({"is_nsfw": False, "checked": True, "filtered": False}, generation.STOP),
+        ({"is_nsfw": None, "checked": False, "filtered": False}, generation.STOP),
+    ],
+)
+def test_a_flagged_image_is_answered_with_finish_reason_filter(safety, reason):
+    from PIL import Image
+
+    from imaginairy.schema import ImagineResult
+    from imaginairy.server.protocol import image_answer
+
+    prompt = ImaginePrompt("x", seed=1)
+    result = ImagineResult({"generated": Image.new("RGB", (64, 64))}, prompt,
+                           metadata={**prompt.to_metadata(), "safety": safety})
+    answer = image_answer("r", "e", 0, result, embed_metadata=False, received_ms=0)
+    assert answer.artifacts[0].finish_reason == reason

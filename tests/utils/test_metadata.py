@@ -45,6 +45,15 @@ def test_a1111_parameters_without_negative_prompt_has_no_negative_line():
     )
 
 
+def test_a1111_parameters_name_a_non_default_schedule_as_the_web_ui_does():
+    metadata = metadata_for(sampler_type="DPM++ 2M SDE Karras", steps=20)
+    assert a1111_parameters(metadata) == (
+        "a scenic landscape\n"
+        "Steps: 20, Sampler: DPM++ 2M SDE, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: sd-1.5, "
+        "Schedule type: Karras, Version: imaginairy 0.1.0"
+    )
+
+
 def test_a1111_parameters_optional_settings_and_quoting(tmp_path):
     init_path = tmp_path / "in.png"
     Image.new("RGB", (8, 8)).save(init_path)

@@ -18,6 +18,8 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from imaginairy.errors import InvalidInputError
+from imaginairy.server.http import a1111_edit
+from imaginairy.server.http.a1111_edit import UPSCALERS
 from imaginairy.server.http.jobs import CANCELLED, DONE, FINISHED_STATES, TrackedJob
 from imaginairy.server.http.service import HttpService
 from imaginairy.server.images import decode_image, png_base64
@@ -219,14 +221,6 @@ class ExtrasSingleImageRequest(BaseModel):
     upscale_first: bool = False
 
 
-UPSCALERS = {  # A1111 name -> (our model name or a PIL resampling filter name, scale)
-    "None": (None, 1),
-    "Lanczos": ("LANCZOS", 4),
-    "Nearest": ("NEAREST", 4),
-    "R-ESRGAN 4x+": ("realesrgan", 4),
-}
-
-
 def check_off(request: BaseModel) -> None:
     """422 naming the first field we do not implement that the request sets to something other than "off"."""
     for field, value in request:
@@ -375,8 +369,6 @@ def service_infotext(result, job: TrackedJob) -> str:
 
 
 def router(service: HttpService) -> APIRouter:
-    from imaginairy.server.http import a1111_edit
-
     api = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 
     @api.post("/txt2img", response_model=ImagesResponse)

@@ -16,10 +16,14 @@ from imaginairy.server.limits import MAX_INPUT_IMAGE_PIXELS, MAX_SIDE, MIN_SIDE,
 if TYPE_CHECKING:
     from PIL import Image
 
-    from imaginairy.server.http.a1111 import ExtrasSingleImageRequest, Img2ImgRequest
-
 FILL, ORIGINAL = 0, 1
 RESIZE_STRETCH, RESIZE_CROP = 0, 1
+UPSCALERS = {  # A1111 name -> (our model name or a PIL resampling filter name, scale)
+    "None": (None, 1),
+    "Lanczos": ("LANCZOS", 4),
+    "Nearest": ("NEAREST", 4),
+    "R-ESRGAN 4x+": ("realesrgan", 4),
+}
 
 
 @dataclasses.dataclass
@@ -51,8 +55,8 @@ def decoded(data: str, field: str) -> Image.Image:
         raise HTTPException(422, str(e)) from e
 
 
-def prepare(body: Img2ImgRequest, settings: dict) -> Edit:
-    """Fill `settings` with the init image, strength and mask the request asks for; the Edit that finishes it."""
+def prepare(body, settings: dict) -> Edit:
+    """`body` an a1111.Img2ImgRequest: fill `settings` with the init image, strength and mask the request asks for; the Edit that finishes it."""
     from PIL import Image, ImageFilter
 
     from imaginairy.utils.images import resize_and_crop
@@ -167,10 +171,8 @@ def masked_box(mask: Image.Image, padding: int, width: int, height: int) -> tupl
     return left, top, left + box_width, top + box_height
 
 
-def extras_task(body: ExtrasSingleImageRequest, img: Image.Image):
-    """The upscale / face-fix work /extra-single-image asks for, checked now and run later on the device worker."""
-    from imaginairy.server.http.a1111 import UPSCALERS
-
+def extras_task(body, img: Image.Image):
+    """`body` an a1111.ExtrasSingleImageRequest: the upscale / face-fix work /extra-single-image asks for, checked now and run later on the device worker."""
     if body.gfpgan_visibility:
         raise HTTPException(422, "gfpgan_visibility: GFPGAN is not available here; use codeformer_visibility.")
     if body.upscaler_2 not in (None, "None") and body.extras_upscaler_2_visibility:

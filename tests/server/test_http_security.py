@@ -178,3 +178,29 @@ def test_cors_is_off_unless_an_origin_is_given(http_api, make_server):
     assert answer.headers["access-control-allow-origin"] == "https://ok.example"
     answer = httpx.options(base, headers=preflight)
     assert answer.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_grpc_engine_descriptions_name_files_not_paths(http_api, engines_file):
+    import grpc
+    from stability_sdk.interfaces.gooseai.engines import engines_pb2
+
+    with grpc.insecure_channel(http_api.address) as channel:
+        list_engines = channel.unary_unary("/gooseai.EnginesService/ListEngines",
+                                           request_serializer=engines_pb2.ListEnginesRequest.SerializeToString,
+                                           response_deserializer=engines_pb2.Engines.FromString)
+        engines = list_engines(engines_pb2.ListEnginesRequest(), timeout=CALL_TIMEOUT)
+    descriptions = {engine.id: engine.description for engine in engines.engine}
+    assert descriptions["broken"] == "weights file missing.safetensors"
+    assert all("/" not in text for text in descriptions.values())
+
+
+def test_an_a1111_client_that_hangs_up_cancels_its_generation(http_api):
+    import time
+
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"http://127.0.0.1:{http_api.http_port}/sdapi/v1/txt2img",
+                   json={"prompt": "slow", "steps": 150, "batch_size": 10, "width": SIZE, "height": SIZE}, timeout=2)
+    deadline = time.monotonic() + 15
+    while http_api.queue.stats() != {"running": 0, "waiting": 0}:
+        assert time.monotonic() < deadline, "the abandoned generation kept running"
+        time.sleep(0.05)

@@ -309,17 +309,19 @@ def make_prompts(settings: dict, seeds: list[int]):
         raise HTTPException(422, str(e)) from e
 
 
-async def finished(job: TrackedJob, request: Request | None = None) -> None:
-    """Wait for the job to end; a client that hangs up withdraws it."""
+async def finished(job: TrackedJob, service: HttpService, request: Request) -> None:
+    """Wait for the job to end; a client that hangs up withdraws it (from the queue, or from the device)."""
     while job.state not in FINISHED_STATES:
-        if request is not None and await request.is_disconnected():
-            job.cancel_event.set()
+        if await request.is_disconnected():
+            service.queue.withdraw(job)
         await asyncio.sleep(WAIT_POLL_SECONDS)
 
 
 def images_response(job: TrackedJob, service: HttpService, request: A1111Request) -> dict:
     if job.state not in (DONE, CANCELLED):
         raise service.error_response(job.error)
+    if job.state == CANCELLED and service.queue.closed:
+        raise HTTPException(503, "The server is shutting down; try again later.")
     results = job.results
     infotexts = [service_infotext(result, job) for result in results]
     first = results[0].prompt if results else job.prompts[0]
@@ -376,7 +378,7 @@ def router(service: HttpService) -> APIRouter:
         engine, settings, count = base_settings(body, service)
         prompts = make_prompts(settings, seeds_for(body.seed, count))
         job = service.submit(prompts, engine, save=body.save_images, label="txt2img")
-        await finished(job, request)
+        await finished(job, service, request)
         return images_response(job, service, body)
 
     @api.post("/img2img", response_model=ImagesResponse)
@@ -385,7 +387,7 @@ def router(service: HttpService) -> APIRouter:
         edit = a1111_edit.prepare(body, settings)
         prompts = make_prompts(settings, seeds_for(body.seed, count))
         job = service.submit(prompts, engine, save=body.save_images, label="img2img", finish=edit.finish)
-        await finished(job, request)
+        await finished(job, service, request)
         return images_response(job, service, body)
 
     @api.get("/progress", response_model=ProgressResponse)
@@ -468,14 +470,14 @@ def router(service: HttpService) -> APIRouter:
             return generate_caption(img)
 
         job = service.run_task(caption, "interrogate")
-        await finished(job, request)
+        await finished(job, service, request)
         return {"caption": task_result(job, service)}
 
     @api.post("/extra-single-image")
     async def extra_single_image(body: ExtrasSingleImageRequest, request: Request):
         task = a1111_edit.extras_task(body, decode_or_422(body.image, "image"))
         job = service.run_task(task, "extras")
-        await finished(job, request)
+        await finished(job, service, request)
         return {"html_info": "", "image": png_base64(encode_plain_png(task_result(job, service)))}
 
     return api

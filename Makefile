@@ -21,7 +21,7 @@ lint:
 	$(VENV_PY) -m ruff check imaginairy tests scripts
 
 tiny-models:
-	$(VENV_PY) scripts/make_tiny_models.py build/tiny-models
+	$(VENV_PY) scripts/make_tiny_models.py --helpers build/tiny-models
 
 clean:
 	rm -rf build .pytest_cache

@@ -9,7 +9,8 @@ setup(
     description="AI imagined images. Pythonic generation of images with Stable Diffusion, on your own machine.",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    # not 3.13 yet: k-diffusion needs dctorch, which needs numpy<2, and numpy 1.x has no wheels for Python 3.13
+    python_requires=">=3.10,<3.13",
     packages=find_packages(include=("imaginairy", "imaginairy.*")),
     package_data={"imaginairy": ["configs/*.yaml", "server/web/*"]},
     include_package_data=True,
@@ -37,13 +38,16 @@ setup(
         "stability-sdk>=0.8.4",
         "protobuf>=4.21",
         "pillow>=10.1",
-        "numpy>=1.24",
+        # k-diffusion needs dctorch, which needs numpy<2: said here, at the top, so that pip picks numpy 1.x first
+        # instead of backtracking through every scipy release (the pip bundled with Python 3.11 ends up compiling
+        # an old scipy from source and fails)
+        "numpy>=1.24,<2",
         "tqdm>=4.64",
         "spandrel>=0.4",
         "spandrel-extra-arches>=0.2",
         "facexlib>=0.3",
         # face alignment and paste-back (facexlib needs it too)
-        "opencv-python>=4.8",
+        "opencv-python>=4.8,<4.12",  # 4.12 and later need numpy>=2 (see numpy above)
         "psutil>=5.9",
         # the HTTP API and web page of `aimg server --http-port`
         "fastapi>=0.110",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from imaginairy.errors import DeviceOutOfMemoryError
+from imaginairy.samplers.table import SELF_STEPPING_SAMPLERS
 from imaginairy.schema import ImaginePrompt, ImagineResult
 from imaginairy.settings import Settings
 
@@ -32,7 +33,7 @@ def imagine(
 
     from imaginairy.models.cache import shared_model_cache
     from imaginairy.models.runtime import load_model, resolve_runtime_settings
-    from imaginairy.pipeline import generate, resolve_size
+    from imaginairy.pipeline import generate
     from imaginairy.utils.devices import as_device, default_device
 
     settings = settings if settings is not None else Settings.from_environment()
@@ -44,7 +45,7 @@ def imagine(
     for prompt in prompts:
         prompt = resolve_runtime_settings(prompt, device)
         model = load_model(prompt, device, cache)
-        logger.info("Generating 🖼 : %s", prompt_summary(resolve_size(prompt, model)))
+        logger.info("Generating 🖼 : %s", prompt_summary(size_to_generate(prompt, model)))
         try:
             yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device,
                            settings=settings)
@@ -64,17 +65,27 @@ def imagine_image_files(
     **imagine_kwargs,
 ) -> list[Path]:
     """Generate every prompt and save each of its images under `outdir/<kind>/` (`generated`, `upscaled`, ...),
-    never overwriting a file. Returns the paths of the final images."""
-    from imaginairy.utils.outputs import prepare_outdir, save_result
+    never overwriting a file; an image's files in the kinds' folders share one number, above every number in them.
+    Returns the paths of the final images."""
+    from imaginairy.utils.outputs import (
+        check_outdir_writable,
+        next_free_counter_in,
+        numbered_name_counter,
+        prepare_outdir,
+        save_result,
+    )
 
     outdir = Path(outdir)
-    prepare_outdir(outdir / "generated")
+    check_outdir_writable(outdir / "generated")
     paths = []
     callback = imagine_kwargs.pop("progress_callback", None)
     with ProgressBar(show_progress, callback) as progress:
         for result in imagine(prompts, progress_callback=progress, **imagine_kwargs):
+            counter = next_free_counter_in([outdir / kind for kind in result.images])
             for kind in result.images:
-                path = save_result(result, prepare_outdir(outdir / kind), output_file_extension, image_type=kind)
+                path = save_result(result, prepare_outdir(outdir / kind), output_file_extension, image_type=kind,
+                                   min_counter=counter)
+                counter = numbered_name_counter(path)
                 logger.info("    saved %s image to %s", kind, path)
                 if kind == result.final_kind:
                     paths.append(path)
@@ -84,29 +95,41 @@ def imagine_image_files(
 def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> None:
     """Before any generation, get every weights file the prompts need (downloading what is not cached) and settle
     each safety mode (`filter` without its checker fails here), so a missing file stops the run before the work
-    rather than after it."""
+    rather than after it. Every file that cannot be had is named in one error, not one per run."""
     from imaginairy.enhancers.describe import blip_model_dir
-    from imaginairy.enhancers.face_fix import CODEFORMER_WEIGHTS, RETINAFACE_WEIGHTS
+    from imaginairy.enhancers.face_fix import CODEFORMER, RETINAFACE
     from imaginairy.enhancers.safety import ensure_safety_available
-    from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS
+    from imaginairy.enhancers.upscale import REALESRGAN
+    from imaginairy.errors import SafetyCheckUnavailableError, WeightsUnavailableError
     from imaginairy.masking.clipseg import clipseg_folder
     from imaginairy.models.registry import resolve_model
     from imaginairy.models.weights import resolve_weights
 
-    locations = set()
+    fetches = {}  # one fetch per distinct file
     for prompt in prompts:
-        ensure_safety_available(prompt.safety_mode, model_location=settings.safety_checker_model, settings=settings)
-        locations.add(resolve_model(prompt.model, prompt.model_config).weights)
-        if prompt.upscale:
-            locations.add(REALESRGAN_X4PLUS_WEIGHTS)
-        if prompt.fix_faces:
-            locations.update((RETINAFACE_WEIGHTS, CODEFORMER_WEIGHTS))
-    for location in sorted(locations):
-        resolve_weights(location)
-    if any(prompt.caption for prompt in prompts):
-        blip_model_dir(settings.blip_model)
-    if any(prompt.mask_prompt for prompt in prompts):
-        clipseg_folder(settings.clipseg_model)
+        fetches[("safety", prompt.safety_mode)] = lambda mode=prompt.safety_mode: ensure_safety_available(
+            mode, model_location=settings.safety_checker_model, settings=settings)
+        location = resolve_model(prompt.model, prompt.model_config).weights
+        fetches[location] = lambda location=location: resolve_weights(location)
+        for helper, wanted in ((REALESRGAN, prompt.upscale), (RETINAFACE, prompt.fix_faces),
+                               (CODEFORMER, prompt.fix_faces)):
+            if wanted:
+                fetches[helper] = helper.resolve
+        if prompt.caption:
+            fetches["blip"] = lambda: blip_model_dir(settings.blip_model)
+        if prompt.mask_prompt:
+            fetches["clipseg"] = lambda: clipseg_folder(settings.clipseg_model)
+    missing = []
+    for fetch in fetches.values():
+        try:
+            fetch()
+        except (WeightsUnavailableError, SafetyCheckUnavailableError) as error:
+            missing.append(error)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        listed = "".join(f"\n- {error}" for error in missing)
+        raise WeightsUnavailableError(f"{len(missing)} weights files this run needs cannot be had:{listed}")
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:
@@ -115,12 +138,29 @@ def normalize_prompts(prompts) -> list[ImaginePrompt]:
     return [p if isinstance(p, ImaginePrompt) else ImaginePrompt(p) for p in prompts]
 
 
+def size_to_generate(prompt: ImaginePrompt, model) -> ImaginePrompt:
+    """The prompt with the size it will be generated at: an outpainted canvas's own, else the model's default."""
+    import dataclasses
+
+    from imaginairy.masking.inpaint import generation_frame, is_edit
+    from imaginairy.masking.outpaint import OutpaintAmounts, parse_outpaint_spec
+    from imaginairy.pipeline import resolve_size
+
+    if not is_edit(prompt):
+        return resolve_size(prompt, model)
+    amounts = parse_outpaint_spec(prompt.outpaint) if prompt.outpaint else OutpaintAmounts()
+    canvas_size = amounts.canvas_size(*prompt.init_image.size)
+    width, height, _ = generation_frame(prompt, canvas_size, model.settings.default_size, outpainting=bool(amounts))
+    return dataclasses.replace(prompt, width=width, height=height)
+
+
 def prompt_summary(prompt: ImaginePrompt) -> str:
     text = " | ".join(p.text if p.weight == 1 else f"{p.text}:{p.weight}" for p in prompt.prompts)
     size = f"{prompt.width}x{prompt.height}px" if prompt.width and prompt.height else "default size"
     return (
         f'"{text}" {size} seed:{prompt.seed} prompt-strength:{prompt.prompt_strength} '
-        f"steps:{prompt.steps} sampler-type:{prompt.sampler_type}"
+        f"steps:{'adaptive' if prompt.sampler_type in SELF_STEPPING_SAMPLERS else prompt.steps}"
+        f" sampler-type:{prompt.sampler_type}"
     )
 
 

@@ -62,3 +62,7 @@ class EmptyMaskError(InvalidInputError):
 
 class DeviceOutOfMemoryError(ImaginAIryError):
     """The GPU ran out of memory; a smaller image, half precision or memory mode "low" needs less."""
+
+
+class NonFiniteOutputError(ImaginAIryError):
+    """The model computed NaN or inf values (broken weights, or a half-precision overflow); nothing was saved."""

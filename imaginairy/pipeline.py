@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from imaginairy.errors import NonFiniteOutputError
 from imaginairy.masking.inpaint import Edit, prepare_edit
 from imaginairy.models.runtime import model_device, model_dtype, precision_context, submodel_on, unet_function
 from imaginairy.modules.autoencoder import LATENT_CHANNELS, LATENT_SCALE
@@ -168,7 +169,24 @@ def decode(prompt: ImaginePrompt, model: LatentDiffusion, latent: torch.Tensor, 
     vae_latent = latent.to(dtype=model_dtype(model), memory_format=torch.channels_last)
     with precision_context(prompt.precision, device), submodel_on(model.first_stage_model, device, prompt.memory_mode):
         pixels = model.decode_latent(vae_latent, tiled=needs_tiles(latent))
+    check_finite(model, prompt, latent=latent, pixels=pixels)
     return tensor_to_pil(pixels.float())
+
+
+def check_finite(model: LatentDiffusion, prompt: ImaginePrompt, **tensors: torch.Tensor) -> None:
+    """NonFiniteOutputError naming the likely cause when a tensor holds NaN or inf (it would be saved as a black
+    image): NaN/inf in the weights themselves (a broken file), else a half-precision overflow."""
+    broken = next((name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()), None)
+    if broken is None:
+        return
+    bad_weight = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad_weight is not None:
+        cause = f"the weights hold NaN/inf values (first in {bad_weight}): the model file {prompt.model} is broken"
+    elif prompt.precision in ("fp16", "autocast"):
+        cause = f"{prompt.precision} overflowed: try --precision bf16 or --precision full"
+    else:
+        cause = f"{prompt.precision} arithmetic overflowed: try --precision full, or check the model file"
+    raise NonFiniteOutputError(f"the {broken} came out as NaN/inf, so no image was saved: {cause}")
 
 
 def postprocess(

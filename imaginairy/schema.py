@@ -227,6 +227,10 @@ def _weighted_prompts(value: PromptInput, field: str) -> list[WeightedPrompt]:
         if isinstance(item, str):
             item = WeightedPrompt(item)
         elif isinstance(item, dict):
+            if not {"text"} <= item.keys() <= {"text", "weight"}:
+                raise InvalidInputError(
+                    f"{field} as a dict must have the keys 'text' and optionally 'weight'; got {sorted(map(str, item))}."
+                )
             item = WeightedPrompt(**item)
         elif not isinstance(item, WeightedPrompt):
             raise InvalidInputError(
@@ -358,7 +362,7 @@ def _check_mask_prompt(value: Any) -> str | None:
     if not isinstance(value, str):
         raise InvalidInputError(f"mask_prompt must be a mask expression string, got {type(value).__name__}.")
     if not value.strip():
-        return None
+        raise InvalidInputError("mask_prompt is empty: say what to edit, e.g. \"fruit OR fruit stem\" (or leave it out).")
     from imaginairy.masking.expression import parse_mask_expression
 
     parse_mask_expression(value)
@@ -366,7 +370,7 @@ def _check_mask_prompt(value: Any) -> str | None:
 
 
 def _check_outpaint(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:
         return None
     from imaginairy.masking.outpaint import parse_outpaint_spec
 
@@ -392,6 +396,9 @@ def _as_lazy_image(value: Any, field: str = "init_image") -> LazyLoadingImage | 
     if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
         return LazyLoadingImage(url=value)
     if isinstance(value, (str, os.PathLike)):
+        from imaginairy.utils.downloads import check_url_scheme
+
+        check_url_scheme(os.fspath(value))
         return LazyLoadingImage(filepath=value)
     from PIL import Image
 

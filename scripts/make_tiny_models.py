@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Write tiny Stable Diffusion models with seeded random weights, in the real checkpoint layouts.
 
-    python scripts/make_tiny_models.py OUTDIR
+    python scripts/make_tiny_models.py OUTDIR             # the diffusion models
+    python scripts/make_tiny_models.py --helpers OUTDIR   # and every helper model, with an env file pointing at them
 
 Each model is the real architecture at toy size (few channels, two UNet levels, a 2-3 layer text encoder with the
 real CLIP vocabulary), saved as a real checkpoint file with a CompVis-style yaml of the same stem beside it, so the
@@ -10,6 +11,11 @@ loader finds the config the way it finds one next to any downloaded model:
     tiny-sd15.safetensors, tiny-sd15.ckpt (same weights), tiny-sd15.yaml        SD 1.x: CLIP text encoder, epsilon
     tiny-sd15-inpainting.safetensors, tiny-sd15-inpainting.yaml                 SD 1.x inpainting: 9 UNet inputs
     tiny-sd21-v.safetensors, tiny-sd21-v.yaml                                   SD 2.x: OpenCLIP, v prediction
+
+With --helpers it also writes the helper models in their real architectures and layouts (tiny_enhancers.py,
+tiny_clipseg.py, tiny_retinaface.py): tiny-clipseg/, tiny-blip-image-captioning-base/,
+tiny-stable-diffusion-safety-checker/ (transformers folders), tiny-RealESRGAN_x4plus.pth, tiny-codeformer.pth,
+tiny-retinaface.pth, and `helpers.env`, the IMAGINAIRY_*_MODEL settings that point at them (`set -a; . helpers.env`).
 
 Every parameter is drawn from a seeded normal distribution (none left at the zero initialisation of output
 layers), so two implementations that agree on these weights agree on real ones. The files also carry what real
@@ -110,6 +116,33 @@ def make_tiny_model(outdir: Path, name: str) -> Path:
     return weights_path
 
 
+HELPER_ENV_VARS = {  # helper model -> (the setting that points at it, its file or folder name)
+    "clipseg": ("IMAGINAIRY_CLIPSEG_MODEL", "tiny-clipseg"),
+    "blip": ("IMAGINAIRY_BLIP_MODEL", "tiny-blip-image-captioning-base"),
+    "safety": ("IMAGINAIRY_SAFETY_CHECKER_MODEL", "tiny-stable-diffusion-safety-checker"),
+    "realesrgan": ("IMAGINAIRY_REALESRGAN_MODEL", "tiny-RealESRGAN_x4plus.pth"),
+    "codeformer": ("IMAGINAIRY_CODEFORMER_MODEL", "tiny-codeformer.pth"),
+    "retinaface": ("IMAGINAIRY_RETINAFACE_MODEL", "tiny-retinaface.pth"),
+}
+
+
+def make_tiny_helpers(outdir: str | Path) -> dict[str, Path]:
+    """Every helper model at toy size in `outdir`, plus `helpers.env` naming them; returns name -> path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_clipseg import make_tiny_clipseg
+    from tiny_enhancers import make_tiny_blip, make_tiny_codeformer, make_tiny_realesrgan, make_tiny_safety_checker
+    from tiny_retinaface import make_tiny_retinaface
+
+    outdir = Path(outdir).resolve()
+    builders = {"clipseg": make_tiny_clipseg, "blip": make_tiny_blip, "safety": make_tiny_safety_checker,
+                "realesrgan": make_tiny_realesrgan, "codeformer": make_tiny_codeformer,
+                "retinaface": make_tiny_retinaface}
+    paths = {name: Path(build(outdir / HELPER_ENV_VARS[name][1])) for name, build in builders.items()}
+    env_lines = [f"{HELPER_ENV_VARS[name][0]}={path}" for name, path in paths.items()]
+    (outdir / "helpers.env").write_text("\n".join(env_lines) + "\n")
+    return paths
+
+
 def make_tiny_models(outdir: str | Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +150,13 @@ def make_tiny_models(outdir: str | Path) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    arguments = sys.argv[1:]
+    with_helpers = "--helpers" in arguments
+    arguments = [argument for argument in arguments if argument != "--helpers"]
+    if len(arguments) != 1:
         sys.exit(__doc__)
-    for path in make_tiny_models(sys.argv[1]).values():
+    for path in make_tiny_models(arguments[0]).values():
         print(path)
+    if with_helpers:
+        for path in make_tiny_helpers(arguments[0]).values():
+            print(path)

@@ -58,6 +58,8 @@ class Routes(dict):
     """URL path -> (status, content type, body); a path under /slow/ waits `slow_seconds` before answering."""
 
     slow_seconds = 2.0
+    extra_headers: dict[str, dict[str, str]] = {}  # path -> more response headers
+    declared_lengths: dict[str, int] = {}  # path -> a Content-Length that differs from the body's
 
 
 def _handler_for(routes: Routes, root: Path | None):
@@ -77,7 +79,9 @@ def _handler_for(routes: Routes, root: Path | None):
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(routes.declared_lengths.get(self.path, len(body))))
+                for name, value in routes.extra_headers.get(self.path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
             except OSError:

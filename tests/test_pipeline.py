@@ -273,3 +273,42 @@ def test_large_images_are_encoded_and_decoded_by_the_vae_in_tiles(tiny_models, c
                                init_image=init, init_image_strength=0.5, precision="full", safety_mode="off")
         pipeline.generate(prompt, model, device=torch.device("cpu"))
         assert calls == [("encode", tiled), ("decode", tiled)], width
+
+
+@pytest.fixture(scope="module")
+def nan_weights_model(tiny_models, tmp_path_factory):
+    """tiny-sd15 with one UNet weight set to NaN, as a broken download or a bad merge leaves it."""
+    from imaginairy.models.weights import load_state_dict, save_state_dict
+
+    state_dict = {k: v.clone() for k, v in load_state_dict(tiny_models["tiny-sd15"]).items()}
+    state_dict["model.diffusion_model.out.2.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path_factory.mktemp("nan") / "nan-weights.safetensors"
+    save_state_dict(state_dict, path)
+    path.with_suffix(".yaml").write_text(tiny_models["tiny-sd15"].with_suffix(".yaml").read_text())
+    return path
+
+
+def test_nan_weights_fail_naming_the_broken_file_instead_of_a_black_image(nan_weights_model, tmp_path):
+    from click.testing import CliRunner
+
+    from imaginairy.cli.imagine import imagine_cmd
+
+    result = CliRunner().invoke(imagine_cmd, ["a dog", "--model", str(nan_weights_model), "--steps", "2",
+                                              "--outdir", str(tmp_path / "out"), "--safety-mode", "off"])
+    assert result.exit_code == 1, result.output
+    assert ("Error: the latent came out as NaN/inf, so no image was saved: the weights hold NaN/inf values (first in"
+            f" model.diffusion_model.out.2.weight): the model file {nan_weights_model} is broken") in result.output
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.parametrize(("precision", "advice"), [("fp16", "fp16 overflowed: try --precision bf16 or --precision full"),
+                                                   ("full", "full arithmetic overflowed: try --precision full")])
+def test_non_finite_pixels_from_finite_weights_suggest_another_precision(tiny_models, cache, precision, advice):
+    from imaginairy.errors import NonFiniteOutputError
+
+    prompt = ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), precision=precision)
+    model = load_model(ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"])), "cpu", cache)
+    pixels_with_inf = torch.zeros(1, 3, 8, 8)
+    pixels_with_inf[0, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteOutputError, match=f"the pixels came out as NaN/inf, so no image was saved: {advice}"):
+        pipeline.check_finite(model, prompt, latent=torch.zeros(1, 4, 1, 1), pixels=pixels_with_inf)

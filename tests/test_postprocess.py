@@ -133,3 +133,74 @@ def test_face_fixing_gets_the_prompts_fidelity_and_its_image_is_the_final_one(mo
     ((image, fidelity, device),) = calls
     assert image.tobytes() == generated.tobytes() and fidelity == 0.7 and device == "cpu"
     assert images["face_fixed"].getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_setting(tmp_path):
+    """Offline with nothing cached: the model, the upscaler, both face models, BLIP, CLIPSeg and the safety checker
+    (mode filter) are all named at once, each with the setting that points at a local copy."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from imaginairy.cli.imagine import imagine_cmd
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
+    result = CliRunner().invoke(imagine_cmd, [
+        "a dog", "--init-image", str(tmp_path / "init.png"), "--mask-prompt", "dog", "--fix-faces", "--upscale",
+        "--caption", "--safety-mode", "filter", "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "Error: 7 weights files this run needs cannot be had:" in result.output
+    for setting in ("--model /path/to/sd-v1-5-inpainting.ckpt", "IMAGINAIRY_REALESRGAN_MODEL=",
+                    "IMAGINAIRY_RETINAFACE_MODEL=", "IMAGINAIRY_CODEFORMER_MODEL=", "IMAGINAIRY_BLIP_MODEL=",
+                    "IMAGINAIRY_CLIPSEG_MODEL=", "IMAGINAIRY_SAFETY_CHECKER_MODEL="):
+        assert setting in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_helper_weights_come_from_their_environment_variable(tmp_path, monkeypatch):
+    from tiny_enhancers import make_tiny_realesrgan
+
+    from imaginairy.enhancers.upscale import REALESRGAN, load_upscaler
+    from imaginairy.errors import ModelNotFoundError
+
+    path = make_tiny_realesrgan(tmp_path / "local-esrgan.pth")
+    monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(path))
+    assert REALESRGAN.resolve() == path
+    assert load_upscaler(device="cpu").architecture.id == "ESRGAN"
+    monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(tmp_path / "nope.pth"))
+    with pytest.raises(ModelNotFoundError, match="RealESRGAN upscaler weights from IMAGINAIRY_REALESRGAN_MODEL: .*nope"):
+        REALESRGAN.resolve()
+
+
+def test_an_images_files_share_one_number_across_the_kinds_folders(tiny_models, tmp_path, monkeypatch):
+    from tiny_enhancers import make_tiny_realesrgan
+
+    monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(make_tiny_realesrgan(tmp_path / "esrgan.pth")))
+    outdir = tmp_path / "out"
+    (outdir / "upscaled").mkdir(parents=True)
+    (outdir / "upscaled" / "000006_older.jpg").write_bytes(b"")  # e.g. from `aimg upscale` into the same folder
+    prompts = [ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), steps=1, seed=1, upscale=True,
+                             safety_mode="off")] * 2
+    imagine_image_files(prompts, outdir, show_progress=False, device="cpu")
+    names = sorted(p.relative_to(outdir).as_posix() for p in outdir.rglob("*.jpg") if p.stat().st_size)
+    assert names == ["generated/000007_1_KDPMPP2M1_PS7.5_a_dog.jpg", "generated/000008_1_KDPMPP2M1_PS7.5_a_dog.jpg",
+                     "upscaled/000007_1_KDPMPP2M1_PS7.5_a_dog_upscaled.jpg",
+                     "upscaled/000008_1_KDPMPP2M1_PS7.5_a_dog_upscaled.jpg"]
+
+
+def test_make_tiny_models_writes_every_helper_model_and_the_settings_that_find_them(tiny_models, tmp_path,
+                                                                                     monkeypatch):
+    """With helpers.env's settings, a run needing every helper model (offline, nothing cached) finds them all."""
+    from make_tiny_models import HELPER_ENV_VARS, make_tiny_helpers
+    from PIL import Image
+
+    from imaginairy.api import fetch_weights_first
+
+    make_tiny_helpers(tmp_path / "helpers")
+    settings = dict(line.split("=", 1) for line in (tmp_path / "helpers" / "helpers.env").read_text().splitlines())
+    assert sorted(settings) == sorted(variable for variable, _ in HELPER_ENV_VARS.values())
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
+    Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
+    fetch_weights_first([ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), init_image=str(tmp_path / "init.png"),
+                                       mask_prompt="dog", fix_faces=True, upscale=True, caption=True,
+                                       safety_mode="filter")])

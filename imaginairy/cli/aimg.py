@@ -13,6 +13,7 @@ import click
 
 from imaginairy.cli.errors import reported_errors
 from imaginairy.errors import ImageDownloadError, InvalidInputError
+from imaginairy.utils.outputs import DEFAULT_OUTPUT_FILE_EXTENSION, OUTPUT_FILE_EXTENSIONS
 
 SHELL_PROMPT = "imaginAIry> "
 SHELL_HISTORY_FILE = "shell_history"
@@ -40,19 +41,32 @@ class AimgGroup(click.Group):
 class ShellGroup(AimgGroup):
     """The commands of the interactive shell: aimg's, plus `help`, `exit` and `quit`.
 
-    A failure in a command is reported in one line and the shell goes on.
+    A failure in a command is reported in one line and the shell goes on; `failed` remembers that one did.
     """
+
+    failed = False
 
     def invoke(self, ctx: click.Context):
         from click_repl.exceptions import ExitReplException
 
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, ExitReplException):
+        except ExitReplException:
+            raise
+        except click.exceptions.Exit as error:
+            self.failed = self.failed or error.exit_code != 0
+            raise
+        except SystemExit as error:
+            self.failed = self.failed or error.code not in (None, 0)
+            raise
+        except (click.ClickException, click.Abort):
+            self.failed = True
             raise
         except KeyboardInterrupt as error:
+            self.failed = True
             raise click.ClickException("Interrupted.") from error
         except Exception as error:
+            self.failed = True
             raise click.ClickException(f"unexpected {type(error).__name__}: {error}") from error
 
 
@@ -66,13 +80,18 @@ def aimg(ctx: click.Context) -> None:
     aimg upscale photo.jpg --outdir upscaled
     aimg imagine "a scenic landscape"
     """
+    from imaginairy.utils.dependency_noise import quiet_dependency_warnings
+
+    quiet_dependency_warnings()
     if ctx.invoked_subcommand is None:
         run_shell(ctx.info_name or "aimg")
 
 
 def run_shell(name: str) -> None:
     """Read commands from the terminal (or stdin) and run them until `exit`, `quit`, Ctrl-D or, on a
-    non-terminal stdin, an empty line."""
+    non-terminal stdin, an empty line. Fed by a pipe (a script), the shell exits with 1 if a command failed."""
+    import sys
+
     from click_repl import repl
 
     shell = ShellGroup(
@@ -82,6 +101,8 @@ def run_shell(name: str) -> None:
     )
     with click.Context(shell, info_name=name) as shell_ctx:
         repl(shell_ctx, prompt_kwargs={"message": SHELL_PROMPT, **_shell_history()}, allow_system_commands=False)
+    if shell.failed and not sys.stdin.isatty():
+        sys.exit(1)
 
 
 @click.command("help")
@@ -138,8 +159,9 @@ def describe(ctx: click.Context, images: tuple[str, ...]) -> None:
               help="Where to write the upscaled images; existing files are never replaced.")
 @click.option("--model", "weights", metavar="LOCATION",
               help="Upscaler weights: a file path, an https:// URL or hf://owner/repo/file"
-                   " [default: RealESRGAN x4plus].")
-@click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+                   " [default: $IMAGINAIRY_REALESRGAN_MODEL, else RealESRGAN x4plus].")
+@click.option("--output-file-extension", type=click.Choice(OUTPUT_FILE_EXTENSIONS), default=DEFAULT_OUTPUT_FILE_EXTENSION,
+              show_default=True)
 @click.pass_context
 def upscale(ctx: click.Context, images: tuple[str, ...], outdir: str, weights: str | None,
             output_file_extension: str) -> None:
@@ -150,10 +172,10 @@ def upscale(ctx: click.Context, images: tuple[str, ...], outdir: str, weights: s
     """
     failures = 0
     with reported_errors():
-        from imaginairy.enhancers.upscale import REALESRGAN_X4PLUS_WEIGHTS, load_upscaler, upscale_image
+        from imaginairy.enhancers.upscale import load_upscaler, upscale_image
         from imaginairy.utils.outputs import prompt_slug, write_numbered_file
 
-        model = load_upscaler(weights or REALESRGAN_X4PLUS_WEIGHTS)
+        model = load_upscaler(weights)
         for location in images:
             try:
                 loaded = open_input_image(location)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import click
@@ -18,12 +17,28 @@ from imaginairy.schema import (
     SAMPLER_TYPES,
     ImaginePrompt,
 )
+from imaginairy.utils.outputs import DEFAULT_OUTPUT_FILE_EXTENSION, OUTPUT_FILE_EXTENSIONS
 
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(ImaginePrompt)}
+DEFAULTS = ImaginePrompt.defaults()  # the one source of the defaults shown and used here
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LOG_LEVEL = "INFO"
 
 
-@click.command(context_settings={"help_option_names": ["--help"]})
+class ImagineCommand(click.Command):
+    """`-h` is `--height` (as in the original imaginAIry), but `-h` with no number after it shows the help, as
+    people type it for that."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for index, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "-h" and (index + 1 == len(args) or not args[index + 1].lstrip("-").isdigit()):
+                click.echo(self.get_help(ctx), color=ctx.color)
+                ctx.exit()
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=ImagineCommand, context_settings={"help_option_names": ["--help"]})
 @click.argument("prompt_texts", nargs=-1, metavar="PROMPT...")
 @click.option("--negative-prompt", help="What the image should not show.")
 @click.option("--prompt-strength", type=float, default=DEFAULTS["prompt_strength"], show_default=True,
@@ -75,66 +90,95 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @click.option("--caption", is_flag=True, help="Describe the finished image with BLIP (printed and stored).")
 @click.option("--safety-mode", type=click.Choice(SAFETY_MODES),
               help="NSFW check: off, classify (flag it), filter (blur it) [default: $IMAGINAIRY_SAFETY_MODE or classify].")
-@click.option("--output-file-extension", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
-def imagine_cmd(prompt_texts, negative_prompt, prompt_strength, init_image, init_image_strength, mask_prompt,
-                mask_image, mask_mode, mask_modify_original, outpaint, seamless_boost, outdir, repeats,
-                height, width, steps, seed, sampler_type, ddim_eta, tile_mode, model, model_config, precision,
-                memory_mode, fix_faces, fix_faces_fidelity, upscale, caption, safety_mode, output_file_extension, log_level, quiet):
+@click.option("--output-file-extension", type=click.Choice(OUTPUT_FILE_EXTENSIONS),
+              default=DEFAULT_OUTPUT_FILE_EXTENSION, show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=DEFAULT_LOG_LEVEL,
+              show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Only print warnings, errors, where the images went and the summary.")
+def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level, quiet, **prompt_options):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
     \b
     imagine "a scenic landscape" "a photo of a dog"
     imagine --init-image photo.jpg --init-image-strength 0.4 "an oil painting"
     """
+    import time
+
+    from imaginairy.utils.dependency_noise import quiet_dependency_warnings
+
+    started = time.monotonic()
+    quiet_dependency_warnings()
     configure_logging("WARNING" if quiet else log_level)
     if not prompt_texts:
         raise click.UsageError('give at least one prompt, e.g. imagine "a scenic landscape"')
+    given = {name: value for name, value in prompt_options.items() if value is not None}  # unset: the field's default
+    seed = given.pop("seed", None)
     with reported_errors():
         prompts = [
-            ImaginePrompt(
-                text,
-                negative_prompt=negative_prompt,
-                prompt_strength=prompt_strength,
-                init_image=init_image,
-                init_image_strength=init_image_strength,
-                mask_prompt=mask_prompt,
-                mask_image=mask_image,
-                mask_mode=mask_mode,
-                mask_modify_original=mask_modify_original,
-                outpaint=outpaint,
-                seamless_boost=seamless_boost,
-                seed=None if seed is None else seed + repeat,
-                steps=steps,
-                width=width,
-                height=height,
-                sampler_type=sampler_type,
-                ddim_eta=ddim_eta,
-                tile_mode=tile_mode or "",
-                model=model,
-                model_config=model_config,
-                precision=precision,
-                memory_mode=memory_mode,
-                fix_faces=fix_faces,
-                fix_faces_fidelity=fix_faces_fidelity,
-                upscale=upscale,
-                caption=caption,
-                safety_mode=safety_mode,
-            )
+            ImaginePrompt(text, seed=None if seed is None else seed + repeat, **given)
             for text in prompt_texts
             for repeat in range(repeats)
         ]
+        check_before_loading(prompts)
         from imaginairy.api import imagine_image_files
 
-        imagine_image_files(prompts, outdir, output_file_extension=output_file_extension, show_progress=not quiet)
+        paths = imagine_image_files(prompts, outdir, output_file_extension=output_file_extension,
+                                    show_progress=not quiet)
+    if quiet:
+        for path in paths:
+            click.echo(str(path))
+    click.echo(run_summary(paths, time.monotonic() - started))
+
+
+def check_before_loading(prompts: list[ImaginePrompt]) -> None:
+    """What can be checked without torch, checked before it is imported, so a usage error comes back at once: the
+    model names (and files), and that local input images are images."""
+    from imaginairy.models.registry import resolve_model
+
+    for prompt in prompts:
+        resolve_model(prompt.model, prompt.model_config)
+        for image in (prompt.init_image, prompt.mask_image):
+            if image is not None and image.filepath is not None:
+                check_image_header(image.filepath)
+
+
+def check_image_header(filepath: str) -> None:
+    """ImageLoadError unless PIL recognises the file's format from its first bytes (the pixels are read later)."""
+    from PIL import Image
+
+    from imaginairy.errors import ImageLoadError
+
+    try:
+        with Image.open(filepath):
+            pass
+    except Image.UnidentifiedImageError as e:
+        raise ImageLoadError(f"Not an image file (unknown or unsupported format): {filepath}") from e
+    except OSError as e:
+        raise ImageLoadError(f"Cannot read image {filepath}: {e.strerror or e}") from e
+
+
+def run_summary(paths: list, seconds: float) -> str:
+    """E.g. "3 images in outputs/generated/, 41 s"."""
+    import os
+
+    folders = list(dict.fromkeys(f"{os.path.dirname(path)}{os.sep}" for path in paths))
+    count = f"{len(paths)} image{'' if len(paths) == 1 else 's'}"
+    duration = f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{count} in {', '.join(folders)}, {duration}" if folders else f"no images, {duration}"
 
 
 class EchoHandler(logging.Handler):
-    """Log records printed with click.echo to the current stderr, so they show up wherever the CLI's output goes."""
+    """Log records printed with click.echo to the current stderr, so they show up wherever the CLI's output goes;
+    while a progress bar is drawn, on a line of their own above it (not glued onto it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        import sys
+
+        tqdm_module = sys.modules.get("tqdm")
+        if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
+            tqdm_module.tqdm.write(self.format(record), file=sys.stderr)
+        else:
+            click.echo(self.format(record), err=True)
 
 
 def configure_logging(level: str) -> None:

@@ -58,7 +58,9 @@ def server_cmd(host, port, http_port, no_grpc, api_auth, cors_origins, outdir, m
       [print(a) for a in S('127.0.0.1:50051', engine='stable-diffusion-v1-5').generate('a dog')]"
     """
     from imaginairy.cli.imagine import configure_logging
+    from imaginairy.utils.dependency_noise import quiet_dependency_warnings
 
+    quiet_dependency_warnings()
     configure_logging(log_level)
     with reported_errors():
         from imaginairy.server.app import ServerConfig, serve

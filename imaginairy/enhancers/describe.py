@@ -102,6 +102,9 @@ def _load_caption_model(folder: Path, device: str) -> CaptionModel:
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     try:
+        from imaginairy.utils.dependency_noise import quiet_transformers_loading
+
+        quiet_transformers_loading()
         processor = BlipProcessor.from_pretrained(folder)
         model = BlipForConditionalGeneration.from_pretrained(folder)
     except (OSError, ValueError) as error:

@@ -26,11 +26,14 @@ from PIL import Image
 from imaginairy.enhancers.spandrel_models import load_image_model
 from imaginairy.errors import InvalidInputError, ModelLoadError
 from imaginairy.models.cache import in_shared_cache
+from imaginairy.models.weights import HelperWeights
 
 logger = logging.getLogger(__name__)
 
 CODEFORMER_WEIGHTS = "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth"
 RETINAFACE_WEIGHTS = "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
+CODEFORMER = HelperWeights("CodeFormer face restorer", CODEFORMER_WEIGHTS, "IMAGINAIRY_CODEFORMER_MODEL")
+RETINAFACE = HelperWeights("RetinaFace face detector", RETINAFACE_WEIGHTS, "IMAGINAIRY_RETINAFACE_MODEL")
 DEFAULT_FIDELITY = 0.2
 RETINAFACE_MIN_SCORE = 0.97
 FACE_SIZE = 512
@@ -158,16 +161,17 @@ def paste_face(pixels: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.n
 
 
 def retinaface_detector(
-    location: str | os.PathLike = RETINAFACE_WEIGHTS,
+    location: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
     min_score: float = RETINAFACE_MIN_SCORE,
 ) -> FaceDetector:
-    """A FaceDetector running facexlib's RetinaFace (ResNet-50) with the weights at `location`."""
+    """A FaceDetector running facexlib's RetinaFace (ResNet-50) with the weights at `location` (default: the file in
+    IMAGINAIRY_RETINAFACE_MODEL, else facexlib's release, downloaded once)."""
     from imaginairy.utils.devices import default_device
 
     device = torch.device(device) if device is not None else default_device()
-    model = _load_retinaface(os.fspath(location), str(device))
+    model = _load_retinaface(os.fspath(location or RETINAFACE.resolve()), str(device))
 
     def detect(pixels: np.ndarray) -> list[DetectedFace]:
         bgr = np.ascontiguousarray(pixels[:, :, ::-1])
@@ -182,17 +186,19 @@ def retinaface_detector(
 
 
 def codeformer_restorer(
-    location: str | os.PathLike = CODEFORMER_WEIGHTS,
+    location: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> FaceRestorer:
-    """A FaceRestorer running CodeFormer, loaded through spandrel from the weights at `location`."""
+    """A FaceRestorer running CodeFormer, loaded through spandrel from the weights at `location` (default: the file in
+    IMAGINAIRY_CODEFORMER_MODEL, else CodeFormer's release, downloaded once)."""
+    location = location or CODEFORMER.resolve()
     descriptor = load_image_model(location, device=device, dtype=dtype)
     if descriptor.architecture.id != "CodeFormer":
         raise ModelLoadError(
             f"Cannot fix faces with {location}: it is a {descriptor.architecture.name} model, not CodeFormer;"
-            " pass CodeFormer weights (codeformer.pth)"
+            f" point {CODEFORMER.env_var} at CodeFormer weights (codeformer.pth)"
         )
     network = descriptor.model
 
@@ -216,12 +222,14 @@ def _load_retinaface(location: str, device: str):
 
     path = resolve_weights(location)
     state_dict = {name.removeprefix("module."): tensor for name, tensor in load_state_dict(path).items()}
-    model = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+    # the two backbones the RetinaFace authors published: ResNet-50 (the default) and MobileNet-0.25
+    network = "mobile0.25" if any(name.startswith("body.stage1.") for name in state_dict) else "resnet50"
+    model = RetinaFace(network_name=network, half=False, device=torch.device(device))
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise ModelLoadError(
-            f"Cannot load {path} as RetinaFace (ResNet-50) face detector weights: the tensors do not fit;"
-            " pass detection_Resnet50_Final.pth"
+            f"Cannot load {path} as RetinaFace ({network}) face detector weights: the tensors do not fit;"
+            f" point {RETINAFACE.env_var} at detection_Resnet50_Final.pth"
         ) from err
     return model.to(device).eval()

@@ -298,4 +298,6 @@ def _unavailable_for_filter(error: WeightsUnavailableError) -> SafetyCheckUnavai
 @functools.lru_cache(maxsize=None)
 def _warn_unavailable_once(message: str) -> None:
     """Log `message` as a warning the first time it is seen in this process (lru_cache remembers it)."""
-    logger.warning("No safety check was run: %s", message)
+    logger.warning("No safety check was run: the safety checker cannot be loaded (point %s at a local copy, or use"
+                   " --safety-mode off); --log-level DEBUG says why", SAFETY_CHECKER_ENV)
+    logger.debug("safety checker unavailable: %s", message)

@@ -15,21 +15,25 @@ from PIL import Image
 
 from imaginairy.enhancers.spandrel_models import load_image_model
 from imaginairy.errors import InvalidInputError, ModelLoadError
+from imaginairy.models.weights import HelperWeights
 from imaginairy.utils.images import alpha_channel, pil_to_tensor, tensor_to_pil
 from imaginairy.utils.overlapping_tiles import apply_in_tiles, margin_edge_weights
 
 REALESRGAN_X4PLUS_WEIGHTS = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+REALESRGAN = HelperWeights("RealESRGAN upscaler", REALESRGAN_X4PLUS_WEIGHTS, "IMAGINAIRY_REALESRGAN_MODEL")
 DEFAULT_TILE_SIZE = 512
 DEFAULT_TILE_OVERLAP = 32
 
 
 def load_upscaler(
-    location: str | os.PathLike = REALESRGAN_X4PLUS_WEIGHTS,
+    location: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """The spandrel super-resolution model at `location` (cached). Raises ModelLoadError if it is not an upscaler."""
+    """The spandrel super-resolution model at `location` (cached; default: the file in IMAGINAIRY_REALESRGAN_MODEL,
+    else RealESRGAN x4plus, downloaded once). Raises ModelLoadError if it is not an upscaler."""
+    location = location or REALESRGAN.resolve()
     model = load_image_model(location, device=device, dtype=dtype)
     if model.purpose != "SR":
         raise ModelLoadError(
@@ -55,7 +59,7 @@ def upscale_image(
     """
     check_tiling(tile_size, tile_overlap)
     if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_upscaler(model or REALESRGAN_X4PLUS_WEIGHTS, device=device, dtype=dtype)
+        model = load_upscaler(model, device=device, dtype=dtype)
     rgb = (pil_to_tensor(img)[0] + 1) / 2
     upscaled = upscale_tiled(model, rgb, tile_size=tile_size, tile_overlap=tile_overlap)
     upscaled_img = tensor_to_pil(upscaled * 2 - 1)

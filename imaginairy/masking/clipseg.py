@@ -70,6 +70,9 @@ def _load_clipseg_cached(location: str, device: torch.device, dtype: torch.dtype
 
     folder = clipseg_folder(location)
     try:
+        from imaginairy.utils.dependency_noise import quiet_transformers_loading
+
+        quiet_transformers_loading()
         network = CLIPSegForImageSegmentation.from_pretrained(folder, dtype=dtype)
         processor = CLIPSegProcessor.from_pretrained(folder)
     except (OSError, ValueError) as err:
@@ -90,15 +93,14 @@ def clipseg_folder(location: str) -> Path:
         return path
     if not HUB_REPO_ID_PATTERN.match(location):
         raise ModelNotFoundError(
-            f"CLIPSeg folder not found: {path}; pass a folder holding a copy of the {DEFAULT_CLIPSEG_LOCATION}"
-            " repo, or a hub repo id"
+            f"CLIPSeg folder not found: {path}; point IMAGINAIRY_CLIPSEG_MODEL at a folder holding a copy of the"
+            f" {DEFAULT_CLIPSEG_LOCATION} repo, or at a hub repo id"
         )
     try:
         return resolve_hub_snapshot(location, CLIPSEG_FILE_PATTERNS)
     except WeightsUnavailableError as err:
         raise WeightsUnavailableError(
-            f"CLIPSeg weights unavailable: {err}; or pass the path of a local copy of the repo folder instead of"
-            f" '{location}'"
+            f"CLIPSeg weights unavailable: {err}; or set IMAGINAIRY_CLIPSEG_MODEL=/path/to/a/local/copy/of/the/repo"
         ) from err
 
 

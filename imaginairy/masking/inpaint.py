@@ -259,13 +259,14 @@ def generation_frame(
 ) -> tuple[int, int, tuple[int, int, int, int]]:
     """(width, height, box): the generation size and the part of the canvas it shows."""
     canvas_width, canvas_height = canvas_size
-    if outpainting and prompt.width is None and prompt.height is None:
-        scale = min(1.0, MAX_SIDE / max(canvas_width, canvas_height))  # a canvas grown past the largest size
-        width, height = (
-            min(MAX_SIDE, math.ceil(side * scale / OUTPAINT_SIZE_MULTIPLE) * OUTPAINT_SIZE_MULTIPLE)
-            for side in (canvas_width, canvas_height)
-        )
-        return width, height, (0, 0, canvas_width, canvas_height)
+    scale = min(1.0, MAX_SIDE / max(canvas_width, canvas_height))  # a canvas grown past the largest size
+    canvas_frame = tuple(
+        min(MAX_SIDE, math.ceil(side * scale / OUTPAINT_SIZE_MULTIPLE) * OUTPAINT_SIZE_MULTIPLE)
+        for side in (canvas_width, canvas_height)
+    )
+    # no size given, or the size this rule gives (as an outpainted image's metadata records it): the whole canvas
+    if outpainting and (prompt.width, prompt.height) in ((None, None), canvas_frame):
+        return *canvas_frame, (0, 0, canvas_width, canvas_height)
     width, height = prompt.width or default_size, prompt.height or default_size
     return width, height, cover_box(canvas_size, width, height)
 

@@ -69,7 +69,10 @@ def parse_outpaint_spec(spec: str) -> OutpaintAmounts:
                                     f"{MAX_OUTPAINT_PIXELS} px.")
         given[side] = pixels
     everywhere = given.get("all", 0)
-    return OutpaintAmounts(**{side: given.get(side, everywhere) for side in SIDES})
+    amounts = OutpaintAmounts(**{side: given.get(side, everywhere) for side in SIDES})
+    if not amounts:
+        raise InvalidInputError(f"outpaint {spec!r} adds no pixels: give at least one side more than 0, e.g. 'all100'.")
+    return amounts
 
 
 def expand_canvas(image: Image.Image, amounts: OutpaintAmounts) -> tuple[Image.Image, Image.Image]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from imaginairy.errors import ModelLoadError
+from imaginairy.errors import ModelLoadError, first_line
 from imaginairy.models.registry import CONFIGS_DIR, ModelSpec
 from imaginairy.models.weights import load_state_dict, resolve_weights
 from imaginairy.modules.diffusion import TEXT_ENCODERS, LatentDiffusion, build_latent_diffusion
@@ -60,8 +60,7 @@ def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dt
     state_dict = load_state_dict(weights_path)
     config_path = spec.config_path or infer_config_path(state_dict, weights_path.name)
     config = load_model_config(config_path)
-    with torch.device("meta"):  # no memory and no random init for weights that are about to be replaced
-        model = build_latent_diffusion(config)
+    model = build_from_config(config, config_path)
     component_weights = {k: v for k, v in state_dict.items() if k.startswith(COMPONENT_PREFIXES)}
     del state_dict
     for name, tensor in component_weights.items():  # one tensor at a time: each drops its mapped file pages
@@ -77,6 +76,21 @@ def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dt
     if left_on_meta:
         raise ModelLoadError(f"{weights_path.name}: no values for {', '.join(left_on_meta[:3])}")
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_from_config(config: dict, config_path: str | Path) -> LatentDiffusion:
+    """The model `config` describes, its tensors on the meta device (no memory, no random init for weights about to be
+    replaced). The one error boundary of model building: the modules raise ValueError (or KeyError, TypeError for a
+    missing or mistyped parameter) on a configuration they cannot build, turned here into ModelLoadError naming the
+    config file."""
+    try:
+        with torch.device("meta"):
+            return build_latent_diffusion(config)
+    except KeyError as e:
+        raise ModelLoadError(f"model config {config_path} lacks the parameter {e}; compare it with a CompVis config"
+                             f" such as {CONFIGS_DIR / 'sd-v1.yaml'}") from e
+    except (ValueError, TypeError) as e:
+        raise ModelLoadError(f"model config {config_path}: {first_line(e)}") from e
 
 
 def weight_for_inference(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -61,6 +61,10 @@ def resolve_model(model: str, model_config: str | os.PathLike | None = None) -> 
         if config_path is None and sidecar.is_file():
             config_path = sidecar
         return ModelSpec(name=path.stem, weights=str(path), config_path=config_path)
+    if path.is_dir():
+        raise ModelNotFoundError(f"--model {model} is a folder, not a weights file: give the .safetensors or .ckpt file")
+    if path.exists():
+        raise ModelNotFoundError(f"--model {model} is not a regular file: give a .safetensors or .ckpt file")
     if path.suffix in WEIGHTS_SUFFIXES or os.sep in model:
         raise ModelNotFoundError(f"model file not found: {model} (check the path, or use one of: {', '.join(models)})")
     raise ModelNotFoundError(

@@ -36,10 +36,11 @@ if TYPE_CHECKING:
 HUB_SCHEME = "hf://"
 URL_SCHEMES = ("https://", "http://")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-DOWNLOAD_TIMEOUT_SECONDS = 60
+DOWNLOAD_STALL_SECONDS = 60  # a weights download fails when no byte arrived for this long
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 # a safetensors file starts with the byte length of its JSON header (u64, little endian), then the header
 SAFETENSORS_LENGTH_BYTES = 8
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000  # the limit the safetensors library itself enforces (MAX_HEADER_SIZE)
 
 HUB_LOCATION_PATTERN = re.compile(
     r"^hf://(?P<owner>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<repo_revision>[^/]+))?/(?P<filename>[^@]+?)"
@@ -77,17 +78,18 @@ def parse_hub_location(location: str) -> HubFile:
     return HubFile(repo_id=repo_id, filename=match["filename"], revision=revision)
 
 
-def resolve_weights(location: str | os.PathLike, *, progress: bool = True) -> Path:
+def resolve_weights(location: str | os.PathLike, *, progress: bool = True, local_copy_hint: str | None = None) -> Path:
     """The local path of the weights file at `location`, downloading it into its cache if needed.
 
     Raises ModelNotFoundError for a local path that is not a file, and WeightsUnavailableError when a
-    remote file is neither cached nor downloadable (offline, network error, not found).
+    remote file is neither cached nor downloadable (offline, network error, not found); its message says how to use
+    a local copy instead: `local_copy_hint` (e.g. "set SOME_VARIABLE=/path/to/file"), by default `--model PATH`.
     """
     location = os.fspath(location)
     if location.startswith(HUB_SCHEME):
-        return resolve_hub_file(parse_hub_location(location), progress=progress)
+        return resolve_hub_file(parse_hub_location(location), progress=progress, local_copy_hint=local_copy_hint)
     if location.startswith(URL_SCHEMES):
-        return resolve_url(location, progress=progress)
+        return resolve_url(location, progress=progress, local_copy_hint=local_copy_hint)
     return existing_weights_file(Path(location).expanduser())
 
 
@@ -127,7 +129,7 @@ def url_cache_path(url: str) -> Path:
     return weights_cache_dir() / f"{url_hash}-{_url_file_name(url)}"
 
 
-def resolve_hub_file(hub_file: HubFile, *, progress: bool = True) -> Path:
+def resolve_hub_file(hub_file: HubFile, *, progress: bool = True, local_copy_hint: str | None = None) -> Path:
     """The cached path of a hub file, downloading it into the huggingface_hub cache if it is not there."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
@@ -148,7 +150,9 @@ def resolve_hub_file(hub_file: HubFile, *, progress: bool = True) -> Path:
             tqdm_class=None if progress else _silent_tqdm_class(),
         )
     except _hub_download_errors() as err:
-        raise WeightsUnavailableError(_hub_file_unavailable_message(hub_file, cache_dir, offline, err)) from err
+        raise WeightsUnavailableError(
+            _hub_file_unavailable_message(hub_file, cache_dir, offline, err, local_copy_hint)
+        ) from err
     return Path(downloaded)
 
 
@@ -188,7 +192,7 @@ def resolve_hub_snapshot(
         ) from err
 
 
-def resolve_url(url: str, *, progress: bool = True) -> Path:
+def resolve_url(url: str, *, progress: bool = True, local_copy_hint: str | None = None) -> Path:
     """The cached path of a weights file at `url`, downloading it into `weights_cache_dir()` if needed."""
     import http.client
 
@@ -196,52 +200,59 @@ def resolve_url(url: str, *, progress: bool = True) -> Path:
     if cached.is_file():
         return cached
     if hub_offline():
-        raise WeightsUnavailableError(_url_unavailable_message(url, cached, "offline mode (HF_HUB_OFFLINE) is on"))
+        raise WeightsUnavailableError(
+            _url_unavailable_message(url, cached, "offline mode (HF_HUB_OFFLINE) is on", local_copy_hint)
+        )
     try:
-        download_file(url, cached, progress=progress)
+        download_file(url, cached, progress=progress, stall_seconds=DOWNLOAD_STALL_SECONDS)
     except (OSError, http.client.HTTPException) as err:
-        raise WeightsUnavailableError(_url_unavailable_message(url, cached, _download_failure_reason(err))) from err
+        raise WeightsUnavailableError(
+            _url_unavailable_message(url, cached, _download_failure_reason(err), local_copy_hint)
+        ) from err
     return cached
 
 
-def download_file(url: str, destination: Path, *, progress: bool = True) -> None:
-    """Download `url` to `destination` through a temporary file in the same folder, renamed when complete.
+def download_file(url: str, destination: Path, *, progress: bool = True,
+                  stall_seconds: float = DOWNLOAD_STALL_SECONDS) -> None:
+    """Download `url` to `destination` through `<destination>.partial`, renamed when complete.
 
-    On any failure the temporary file is removed, so `destination` is either whole or absent.
+    The download fails only when no byte arrived for `stall_seconds` (a slow line is not a failure); what was
+    received stays in the partial file, and the next call resumes from there with an HTTP Range request (starting
+    over when the server ignores it). So `destination` is either whole or absent.
     """
-    import tempfile
     import urllib.request
 
     from tqdm import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    request = urllib.request.Request(url, headers={"User-Agent": "imaginairy"})
-    partial = tempfile.NamedTemporaryFile(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial", delete=False
-    )
-    partial_path = Path(partial.name)
-    try:
-        with partial, urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
-            expected_bytes = _content_length(response)
-            received_bytes = 0
-            with tqdm(
-                total=expected_bytes,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=_url_file_name(url),
-                disable=not progress,
-            ) as progress_bar:
-                while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                    partial.write(chunk)
-                    received_bytes += len(chunk)
-                    progress_bar.update(len(chunk))
-        if expected_bytes is not None and received_bytes != expected_bytes:
-            raise ConnectionError(f"connection closed after {received_bytes} of {expected_bytes} bytes")
-        os.replace(partial_path, destination)
-    except BaseException:
-        partial_path.unlink(missing_ok=True)
-        raise
+    partial_path = destination.with_name(destination.name + ".partial")
+    have_bytes = partial_path.stat().st_size if partial_path.is_file() else 0
+    headers = {"User-Agent": "imaginairy"}
+    if have_bytes:
+        headers["Range"] = f"bytes={have_bytes}-"
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=stall_seconds) as response:
+        resumed = have_bytes > 0 and response.status == 206
+        received_bytes = have_bytes if resumed else 0
+        remaining_bytes = _content_length(response)
+        expected_bytes = None if remaining_bytes is None else received_bytes + remaining_bytes
+        with partial_path.open("ab" if resumed else "wb") as partial, tqdm(
+            total=expected_bytes,
+            initial=received_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=_url_file_name(url),
+            disable=not progress,
+        ) as progress_bar:
+            while chunk := response.read1(DOWNLOAD_CHUNK_BYTES):  # read1: whatever arrived, so the bar moves
+                partial.write(chunk)
+                received_bytes += len(chunk)
+                progress_bar.update(len(chunk))
+    if expected_bytes is not None and received_bytes != expected_bytes:
+        raise ConnectionError(f"connection closed after {received_bytes} of {expected_bytes} bytes (run again to"
+                              " resume)")
+    os.replace(partial_path, destination)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -296,19 +307,16 @@ def _content_length(response) -> int | None:
 
 
 def _download_failure_reason(err: BaseException) -> str:
-    import urllib.error
+    from imaginairy.utils.downloads import download_failure_reason
 
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason}"
-    if isinstance(err, urllib.error.URLError):
-        return str(err.reason)
-    return _first_sentence(err)
+    return download_failure_reason(err, DOWNLOAD_STALL_SECONDS)
 
 
-def _url_unavailable_message(url: str, cached: Path, reason: str) -> str:
+def _url_unavailable_message(url: str, cached: Path, reason: str, local_copy_hint: str | None) -> str:
+    hint = local_copy_hint or f"pass its file path instead of the URL (--model /path/to/{_url_file_name(url)})"
     return (
         f"Weights file '{_url_file_name(url)}' from {url} is not in the cache and could not be downloaded: {reason};"
-        f" to use a local copy, pass its file path instead of the URL, or save it as {cached}"
+        f" to use a local copy, {hint}, or save it as {cached}"
     )
 
 
@@ -333,13 +341,15 @@ def _hub_failure_reason(offline: bool, err: BaseException) -> str:
     return _first_sentence(err)
 
 
-def _hub_file_unavailable_message(hub_file: HubFile, cache_dir: Path, offline: bool, err: BaseException) -> str:
+def _hub_file_unavailable_message(
+    hub_file: HubFile, cache_dir: Path, offline: bool, err: BaseException, local_copy_hint: str | None = None
+) -> str:
     revision_text = f" at revision '{hub_file.revision}'" if hub_file.revision else ""
     revision_option = f" --revision {hub_file.revision}" if hub_file.revision else ""
     return (
         f"Weights file '{hub_file.filename}' from Hugging Face repo '{hub_file.repo_id}'{revision_text}"
         f" is not in the cache ({cache_dir}) and could not be downloaded: {_hub_failure_reason(offline, err)};"
-        f" to use a local copy, pass its file path (e.g. /path/to/{Path(hub_file.filename).name}) instead,"
+        f" to use a local copy, {local_copy_hint or f'pass --model /path/to/{Path(hub_file.filename).name}'},"
         f" or put it in the cache with `hf download {hub_file.repo_id} {hub_file.filename}{revision_option}`"
     )
 
@@ -397,7 +407,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with path.open("rb") as file:
             header_bytes = int.from_bytes(file.read(SAFETENSORS_LENGTH_BYTES), "little")
+            header_limit = min(path.stat().st_size - SAFETENSORS_LENGTH_BYTES, MAX_SAFETENSORS_HEADER_BYTES)
+            if not 0 < header_bytes <= header_limit:
+                raise ValueError(f"its header length field says {header_bytes} bytes; the file has room for {header_limit}")
             header = json.loads(file.read(header_bytes))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
             header.pop("__metadata__", None)
             data_start = SAFETENSORS_LENGTH_BYTES + header_bytes
             file_size = path.stat().st_size
@@ -476,6 +491,28 @@ def _unshared_contiguous_tensors(state_dict: dict[str, torch.Tensor]) -> dict[st
         seen_storages.add(storage)
         tensors[name] = tensor.contiguous()
     return tensors
+
+
+@dataclass(frozen=True)
+class HelperWeights:
+    """The weights file of a helper model (face detector, restorer, upscaler): its default location, and the
+    environment variable that points at another one (a local file, a URL or an hf:// file)."""
+
+    description: str
+    default_location: str
+    env_var: str
+
+    def location(self) -> str:
+        return os.environ.get(self.env_var) or self.default_location
+
+    def resolve(self, *, progress: bool = True) -> Path:
+        """The local path of the weights (downloaded into the cache if needed); errors name `env_var`."""
+        location = self.location()
+        hint = f"set {self.env_var}=/path/to/{_url_file_name(self.default_location)}"
+        try:
+            return resolve_weights(location, progress=progress, local_copy_hint=hint)
+        except ModelNotFoundError as error:
+            raise ModelNotFoundError(f"{self.description} weights from {self.env_var}: {error}") from error
 
 
 TRANSFORMERS_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")

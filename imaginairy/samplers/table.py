@@ -48,6 +48,7 @@ SAMPLERS = (
     Sampler("k_dpmpp_3m_sde", "DPM++ 3M SDE", "k", stochastic=True),
 )
 SAMPLER_TYPES = tuple(sampler.name for sampler in SAMPLERS)
+SELF_STEPPING_SAMPLERS = ("k_dpm_adaptive",)  # choose their own step count: `steps` does not apply to them
 SAMPLERS_BY_NAME = {sampler.name: sampler for sampler in SAMPLERS}
 A1111_SAMPLER_NAMES = {sampler.name: sampler.display_name for sampler in SAMPLERS}
 # A1111's "Schedule type" names, and the suffixes of its combined names ("DPM++ 2M Karras").

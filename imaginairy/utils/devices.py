@@ -27,9 +27,25 @@ def default_device(requested: str | None = None) -> torch.device:
 def as_device(device: torch.device | str, source: str = "device") -> torch.device:
     """`device` as a torch.device; InvalidInputError for a name torch does not know (e.g. "gpu")."""
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise InvalidInputError(f"{source}={device!r} is not a torch device: use e.g. cpu, cuda, cuda:1 or mps") from e
+    check_device_available(device, source)
+    return device
+
+
+def check_device_available(device: torch.device, source: str = "device") -> None:
+    """InvalidInputError when `device` is a CUDA or MPS device this machine (or this torch build) does not have."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        missing = "an NVIDIA GPU with its driver" if torch.version.cuda else f"a CUDA build of torch ({torch.__version__})"
+        raise InvalidInputError(f"{source}={str(device)!r}, but this machine has no usable CUDA device (it needs"
+                                f" {missing}); use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"{source}={str(device)!r}, but there are only {torch.cuda.device_count()} CUDA GPUs"
+                                " (numbered from 0)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"{source}={str(device)!r}, but Apple MPS is not available here (it needs an Apple"
+                                " Silicon Mac and a torch built with MPS); use cpu")
 
 
 # CPU feature flags (Linux /proc/cpuinfo names) of native bfloat16 matrix arithmetic: x86 AVX512-BF16 / AMX, Arm BF16.

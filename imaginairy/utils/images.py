@@ -126,6 +126,8 @@ def _check_image_path(filepath: str) -> None:
         raise ImageLoadError(f"Image file not found: {filepath}")
     if os.path.isdir(filepath):
         raise ImageLoadError(f"Image path is a directory, not an image file: {filepath}")
+    if not os.path.isfile(filepath):  # a FIFO or a device would block or never end
+        raise ImageLoadError(f"Image path is not a regular file (a pipe or a device?): {filepath}")
 
 
 def _check_pil_image(img: Any) -> Image.Image:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from imaginairy.schema import ImaginePrompt, ImagineResult
 
 FILE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}
+OUTPUT_FILE_EXTENSIONS = ("jpg", "png")  # what the command lines offer
+DEFAULT_OUTPUT_FILE_EXTENSION = "jpg"
 COUNTER_DIGITS = 6
 MAX_SLUG_CHARS = 60
 MAX_NAME_ATTEMPTS = 1000
@@ -58,10 +60,13 @@ def sampler_short_name(sampler_type: str) -> str:
 
 def image_filename(counter: int, prompt: ImaginePrompt, image_type: str = "generated", extension: str = "jpg") -> str:
     """E.g. `000001_557988237_PLMS40_PS7.5_a_scenic_landscape.jpg`; kinds other than "generated" add a suffix."""
+    from imaginairy.samplers.table import SELF_STEPPING_SAMPLERS
+
     prompt_text = " ".join(wp.text for wp in prompt.prompts)
     kind_suffix = "" if image_type == "generated" else f"_{prompt_slug(image_type)}"
+    steps = "" if prompt.sampler_type in SELF_STEPPING_SAMPLERS else prompt.steps  # the file says what was used
     return (
-        f"{counter:0{COUNTER_DIGITS}d}_{prompt.seed}_{sampler_short_name(prompt.sampler_type)}{prompt.steps}"
+        f"{counter:0{COUNTER_DIGITS}d}_{prompt.seed}_{sampler_short_name(prompt.sampler_type)}{steps}"
         f"_PS{prompt.prompt_strength:g}_{prompt_slug(prompt_text)}{kind_suffix}.{extension.lstrip('.').lower()}"
     )
 
@@ -84,10 +89,24 @@ def prepare_outdir(outdir: str | os.PathLike) -> Path:
     return Path(outdir)
 
 
+def check_outdir_writable(outdir: str | os.PathLike) -> None:
+    """OutputWriteError now, before the slow work, if `outdir` could not be created or written; creates nothing, so
+    a run that fails later leaves no empty folder behind."""
+    existing = Path(outdir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputWriteError(f"Cannot create output folder {outdir}: {existing} is not a folder; choose another.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"Cannot create output folder {outdir}: {existing} is not writable; choose another.")
+
+
 def save_result(
-    result: ImagineResult, outdir: str | os.PathLike, extension: str = "jpg", image_type: str = "generated"
+    result: ImagineResult, outdir: str | os.PathLike, extension: str = "jpg", image_type: str = "generated",
+    min_counter: int = 1,
 ) -> Path:
-    """Save one image of `result` into `outdir` under the next free numbered name, with its metadata embedded."""
+    """Save one image of `result` into `outdir` under the next free numbered name (at least `min_counter`), with its
+    metadata embedded."""
     from imaginairy.utils.metadata import write_image_with_metadata
 
     img = result.image_of_type(image_type)
@@ -95,7 +114,18 @@ def save_result(
         outdir,
         lambda counter: image_filename(counter, result.prompt, image_type, extension),
         lambda file, file_format: write_image_with_metadata(img, file, file_format, result.metadata),
+        min_counter=min_counter,
     )
+
+
+def numbered_name_counter(path: str | os.PathLike) -> int:
+    """The number a numbered file name starts with (`000012_...` -> 12)."""
+    return int(COUNTER_PATTERN.match(os.path.basename(path)).group(1))
+
+
+def next_free_counter_in(folders: list[Path]) -> int:
+    """One more than the highest number starting a file name in any of `folders` (those that exist)."""
+    return max((next_free_counter(folder) for folder in folders if folder.is_dir()), default=1)
 
 
 def save_image(result: ImagineResult, path: str | os.PathLike, image_type: str) -> Path:
@@ -121,9 +151,9 @@ def write_new_file(path: str | os.PathLike, write: FileWriter) -> Path:
 
 
 def write_numbered_file(
-    outdir: str | os.PathLike, filename_for_counter: Callable[[int], str], write: FileWriter
+    outdir: str | os.PathLike, filename_for_counter: Callable[[int], str], write: FileWriter, min_counter: int = 1
 ) -> Path:
-    """Create `outdir/filename_for_counter(n)` for the next free number n, with what `write` writes.
+    """Create `outdir/filename_for_counter(n)` for the next free number n >= `min_counter`, with what `write` writes.
 
     The format comes from the file name's extension. Returns the path written.
     """
@@ -131,7 +161,7 @@ def write_numbered_file(
     prepare_outdir(outdir)
     file_format = file_format_for(filename_for_counter(1))
     with _temporary_file(outdir, write, file_format) as temp_path, _folder_lock(outdir):
-        counter = _free_counter(outdir)
+        counter = max(min_counter, _free_counter(outdir))
         for _ in range(MAX_NAME_ATTEMPTS):
             final_path = os.path.join(outdir, filename_for_counter(counter))
             if _place_exclusively(temp_path, final_path):

@@ -68,7 +68,7 @@ def test_shell_runs_typed_commands_and_reports_errors_without_leaving(tiny_blip_
     ]
     result = run_aimg([], input="\n".join(typed) + "\n")
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # fed by a pipe: the failed commands make the exit code 1
     assert "Commands:" in result.stdout and "exit" in result.stdout and "system-info" in result.stdout
     assert result.stdout.count("torch: ") == 1, "system-info ran once: nothing runs after exit"
     assert "No such command 'not-a-command'" in result.stderr
@@ -78,6 +78,12 @@ def test_shell_runs_typed_commands_and_reports_errors_without_leaving(tiny_blip_
     caption_lines = [line for line in result.stdout.splitlines() if line.startswith("good.png: ")]
     assert len(caption_lines) == 1 and len(caption_lines[0]) > len("good.png: ")
     assert "Traceback" not in result.output
+
+
+def test_shell_fed_only_good_commands_exits_zero(tiny_blip_env):
+    result = run_aimg([], input="help\nsystem-info\nexit\n")
+    assert result.exit_code == 0, result.output
+    assert "torch: " in result.stdout
 
 
 def test_describe_reports_each_bad_input_and_describes_the_rest(tiny_blip_env, tmp_path, http_server):

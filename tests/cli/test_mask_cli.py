@@ -103,3 +103,41 @@ def test_help_lists_the_mask_options():
     for option in ("--mask-prompt", "--mask-image", "--mask-mode", "--mask-modify-original / --no-mask-modify-original",
                    "--outpaint", "--seamless-boost"):
         assert option in result.output
+
+
+@pytest.mark.parametrize(("option", "message"), [("--mask-prompt", "mask_prompt is empty"),
+                                                 ("--outpaint", "outpaint must be a spec like")])
+def test_an_empty_mask_prompt_or_outpaint_is_a_usage_error_not_ignored(option, message, tiny_models, tmp_path, images):
+    result = CliRunner().invoke(imagine_cmd, ["a cat", "--init-image", str(images[0]), option, "  ", "--model",
+                                              str(tiny_models["tiny-sd15"]), "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {message}" in result.output
+    assert written_files(tmp_path / "out") == []
+
+
+def test_outpaint_summary_names_the_size_generated_and_its_metadata_reproduces_it(tiny_models, tmp_path, images):
+    """64x64 grown by 3 px left and 5 px up is a 67x69 canvas, generated at 72x72; the saved metadata, fed back,
+    makes the same image."""
+    from imaginairy import ImaginePrompt, imagine
+    from imaginairy.utils.metadata import read_metadata
+
+    outdir = tmp_path / "out"
+    result = invoke("a cat", "--init-image", images[0], "--outpaint", "left3,up5", "--model",
+                    tiny_models["tiny-sd15-inpainting"], "--steps", 2, "--seed", 1, "--outdir", outdir,
+                    "--output-file-extension", "png", "--safety-mode", "off")
+    assert result.exit_code == 0, result.output
+    assert '"a cat" 72x72px seed:1' in result.output
+    (generated,) = (outdir / "generated").iterdir()
+    metadata = read_metadata(generated)
+    assert (metadata["width"], metadata["height"]) == (72, 72)
+    again = next(imagine(ImaginePrompt.from_metadata(metadata), device="cpu"))
+    assert again.images["generated"].tobytes() == Image.open(generated).convert("RGB").tobytes()
+
+
+def test_adaptive_sampler_files_are_not_named_with_a_step_count(tiny_models, tmp_path):
+    outdir = tmp_path / "out"
+    result = invoke("a dog", "--model", tiny_models["tiny-sd15"], "--sampler-type", "k_dpm_adaptive", "--steps", 5,
+                    "--seed", 2, "--outdir", outdir, "--safety-mode", "off")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in written_files(outdir)] == ["000001_2_KDPMADAPTIVE_PS7.5_a_dog.jpg"]
+    assert "steps:adaptive sampler-type:k_dpm_adaptive" in result.output

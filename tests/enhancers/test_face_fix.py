@@ -184,3 +184,27 @@ def test_retinaface_detector_loads_weights_in_its_checkpoint_layout(tmp_path):
         np.testing.assert_array_equal(face.box, row[:4])
         assert face.score == pytest.approx(row[4])
         np.testing.assert_array_equal(face.landmarks, row[5:15].reshape(5, 2))
+
+
+def test_tiny_retinaface_loads_strictly_in_the_real_architecture_and_reports_faces(tmp_path):
+    """The tiny RetinaFace (facexlib's MobileNet-0.25 variant, `module.`-prefixed like the published files) goes
+    through the real loader; its biased heads report faces with five landmarks on any image."""
+    from tiny_retinaface import make_tiny_retinaface
+
+    from imaginairy.enhancers.face_fix import retinaface_detector
+
+    detect = retinaface_detector(make_tiny_retinaface(tmp_path / "retinaface.pth"), device="cpu")
+    faces = detect(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert 1 <= len(faces) <= 8
+    assert all(face.landmarks.shape == (5, 2) and face.score > 0.97 for face in faces)
+
+
+def test_retinaface_weights_that_do_not_fit_name_the_setting(tmp_path):
+    import torch
+
+    from imaginairy.enhancers.face_fix import retinaface_detector
+    from imaginairy.errors import ModelLoadError
+
+    torch.save({"module.body.layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ModelLoadError, match="point IMAGINAIRY_RETINAFACE_MODEL at detection_Resnet50_Final.pth"):
+        retinaface_detector(tmp_path / "wrong.pth", device="cpu")

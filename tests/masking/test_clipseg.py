@@ -157,7 +157,7 @@ def test_offline_without_cached_weights_is_weights_unavailable(tmp_path, monkeyp
     message = str(raised.value)
     assert "\n" not in message
     assert "CIDAS/clipseg-rd64-refined" in message
-    assert "local copy" in message
+    assert "set IMAGINAIRY_CLIPSEG_MODEL=/path/to/a/local/copy" in message
 
 
 def test_missing_folder_is_model_not_found(tmp_path):

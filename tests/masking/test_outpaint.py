@@ -47,7 +47,7 @@ def pixels(image: Image.Image) -> np.ndarray:
         ("all100,up50,left200", OutpaintAmounts(up=50, down=100, left=200, right=100)),
         ("up50,all100", OutpaintAmounts(up=50, down=100, left=100, right=100)),
         (" right8 , DOWN16 ", OutpaintAmounts(down=16, right=8)),
-        ("all0", OutpaintAmounts()),
+        ("all0,up8", OutpaintAmounts(up=8)),
     ],
 )
 def test_parse_outpaint_spec(spec, amounts):
@@ -64,13 +64,15 @@ def test_parse_outpaint_spec(spec, amounts):
         ("up10,,down5", "'' in"),
         ("up10,up20", "given twice"),
         ("all99999", "at most"),
+        ("all0", "'all0' adds no pixels: give at least one side more than 0"),
+        ("up0,left0", "adds no pixels"),
     ],
 )
 def test_malformed_outpaint_spec_is_a_usage_error(spec, message):
     with pytest.raises(InvalidInputError, match=message):
         parse_outpaint_spec(spec)
     with pytest.raises(InvalidInputError):
-        ImaginePrompt("x", init_image=Image.new("RGB", (8, 8)), outpaint=spec or "   ,")
+        ImaginePrompt("x", init_image=Image.new("RGB", (8, 8)), outpaint=spec)
 
 
 def test_expand_canvas_keeps_the_original_and_marks_the_new_area(init_image):

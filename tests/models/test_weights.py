@@ -3,6 +3,7 @@
 import http.server
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,7 @@ def test_saving_with_an_unknown_suffix_is_refused(tmp_path):
 # plain URLs, from a server on 127.0.0.1
 
 WEIGHTS_BYTES = bytes(range(256)) * 4096  # 1 MiB, more than one download chunk
+requests_seen: list[str | None] = []  # the Range headers of the requests for dropped.safetensors
 
 
 class WeightsRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -187,11 +189,21 @@ class WeightsRequestHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(WEIGHTS_BYTES)
         elif self.path == "/files/dropped.safetensors":
+            # the first third, then the connection drops; a Range request is answered from where it asks
+            start = int(self.headers.get("Range", "bytes=0-")[len("bytes="):].rstrip("-"))
+            requests_seen.append(self.headers.get("Range"))
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(WEIGHTS_BYTES) - start))
+            self.end_headers()
+            self.wfile.write(WEIGHTS_BYTES[start:] if start else WEIGHTS_BYTES[: len(WEIGHTS_BYTES) // 3])
+            self.close_connection = True
+        elif self.path == "/files/stalled.safetensors":
             self.send_response(200)
             self.send_header("Content-Length", str(len(WEIGHTS_BYTES)))
             self.end_headers()
-            self.wfile.write(WEIGHTS_BYTES[: len(WEIGHTS_BYTES) // 3])
-            self.close_connection = True
+            self.wfile.write(WEIGHTS_BYTES[:1000])
+            self.wfile.flush()
+            time.sleep(1.5)
         else:
             self.send_error(404)
 
@@ -244,14 +256,35 @@ def test_url_not_found_is_unavailable(monkeypatch, weights_server):
     assert list(weights_cache_dir().iterdir()) == []
 
 
-def test_connection_dropped_mid_download_leaves_no_partial_file(monkeypatch, weights_server):
+def test_connection_dropped_mid_download_is_resumed_on_the_next_try(monkeypatch, weights_server):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     base_url, _ = weights_server
+    url = f"{base_url}/files/dropped.safetensors"
+    requests_seen.clear()
 
-    with pytest.raises(WeightsUnavailableError, match="dropped.safetensors") as raised:
-        resolve_weights(f"{base_url}/files/dropped.safetensors", progress=False)
+    with pytest.raises(WeightsUnavailableError, match="dropped.safetensors.*run again to resume") as raised:
+        resolve_weights(url, progress=False)
     assert_one_line(raised.value)
-    assert list(weights_cache_dir().iterdir()) == []
+    assert not url_cache_path(url).exists()
+    partial = url_cache_path(url).with_name(url_cache_path(url).name + ".partial")
+    assert partial.read_bytes() == WEIGHTS_BYTES[: len(WEIGHTS_BYTES) // 3]
+
+    assert resolve_weights(url, progress=False).read_bytes() == WEIGHTS_BYTES
+    assert requests_seen == [None, f"bytes={len(WEIGHTS_BYTES) // 3}-"]
+    assert [path.name for path in weights_cache_dir().iterdir()] == [url_cache_path(url).name]
+
+
+def test_stalled_download_fails_after_the_stall_timeout(monkeypatch, weights_server):
+    from imaginairy.models import weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(weights, "DOWNLOAD_STALL_SECONDS", 0.5)
+    base_url, _ = weights_server
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="no data for 0.5 seconds") as raised:
+        weights.resolve_url(f"{base_url}/files/stalled.safetensors", progress=False)
+    assert time.monotonic() - start < 1.4
+    assert_one_line(raised.value)
 
 
 def test_unreachable_server_is_unavailable(monkeypatch):

@@ -241,3 +241,23 @@ def test_resize_and_crop_keeps_the_middle():
 @pytest.mark.parametrize("source_size, target", [((10, 10), (64, 32)), ((512, 768), (512, 512)), ((33, 17), (8, 8))])
 def test_resize_and_crop_sizes(source_size, target):
     assert resize_and_crop(Image.new("RGB", source_size), *target).size == target
+
+
+def test_fifo_fails_at_construction_instead_of_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer for ever
+    with pytest.raises(ImageLoadError, match=f"not a regular file .*: {fifo}$"):
+        LazyLoadingImage(filepath=fifo)
+
+
+@pytest.mark.parametrize(("location", "message"), [
+    ("ftp://example.com/a.png", "only http:// and https:// URLs are supported"),
+    ("file:///tmp/a.png", "file:// URLs are not read; give the path /tmp/a.png instead"),
+])
+def test_other_url_schemes_are_named_as_urls(location, message):
+    from imaginairy.schema import ImaginePrompt
+
+    with pytest.raises(InvalidInputError, match=message):
+        ImaginePrompt("a dog", init_image=location)

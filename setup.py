@@ -58,6 +58,7 @@ setup(
             "pytest>=7.4",
             "pytest-xdist>=3.3",
             "diffusers>=0.30",
+            "peft>=0.13",  # diffusers needs it to load LoRAs (the LoRA parity reference)
             "scikit-image>=0.21",
             "hypothesis>=6.80",
             "ruff>=0.5",

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imaginairy.errors import DeviceOutOfMemoryError
+from imaginairy.errors import DeviceOutOfMemoryError, ModelNotFoundError
 from imaginairy.samplers.table import SELF_STEPPING_SAMPLERS
 from imaginairy.schema import ImaginePrompt, ImagineResult
 from imaginairy.settings import Settings
@@ -22,8 +22,12 @@ def imagine(
     cancel_event: threading.Event | None = None,
     model_cache=None,
     settings: Settings | None = None,
+    models_dir=None,
 ) -> Iterator[ImagineResult]:
     """Yield one ImagineResult per prompt, loading (and switching) models as the prompts name them.
+
+    Names of checkpoints, LoRAs and VAEs are looked up in the models folder `models_dir` (default:
+    `settings.models_dir`, $IMAGINAIRY_MODELS_DIR; see imaginairy.models.library).
 
     `progress_callback(step, total, latents)` is called after every sampler step; returning True stops the
     generation, as does setting `cancel_event`: either raises `imaginairy.errors.GenerationCancelled`.
@@ -32,6 +36,8 @@ def imagine(
     import torch
 
     from imaginairy.models.cache import shared_model_cache
+    from imaginairy.models.library import models_dir as library_folder
+    from imaginairy.models.lora import applied_loras
     from imaginairy.models.runtime import load_model, resolve_runtime_settings
     from imaginairy.pipeline import generate
     from imaginairy.utils.devices import as_device, default_device
@@ -40,20 +46,24 @@ def imagine(
     # "" when the settings name no device: the best one present, without reading the environment again
     device = as_device(device) if device is not None else default_device(settings.device or "")
     cache = model_cache if model_cache is not None else shared_model_cache(device.type)
-    prompts = normalize_prompts(prompts)
+    folder = library_folder(models_dir or settings.models_dir)
+    prompts = [resolve_library_names(prompt, folder) for prompt in normalize_prompts(prompts)]
     fetch_weights_first(prompts, settings)
     for prompt in prompts:
         prompt = resolve_runtime_settings(prompt, device)
         model = load_model(prompt, device, cache)
         logger.info("Generating 🖼 : %s", prompt_summary(size_to_generate(prompt, model)))
         try:
-            yield generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event, device=device,
-                           settings=settings)
+            with applied_loras(model, [(lora.path_or_name, lora.weight) for lora in prompt.loras]):
+                result = generate(prompt, model, progress_callback=progress_callback, cancel_event=cancel_event,
+                                  device=device, settings=settings)
         except torch.cuda.OutOfMemoryError as e:
             raise DeviceOutOfMemoryError(
                 f"{device} ran out of memory generating {prompt.width}x{prompt.height}px: try a smaller size, "
                 "--precision fp16 or --memory-mode low"
             ) from e
+        result.metadata.update(resource_metadata(prompt))
+        yield result
 
 
 def imagine_image_files(
@@ -102,15 +112,15 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> Non
     from imaginairy.enhancers.upscale import REALESRGAN
     from imaginairy.errors import SafetyCheckUnavailableError, WeightsUnavailableError
     from imaginairy.masking.clipseg import clipseg_folder
+    from imaginairy.models.loading import resolve_checkpoint
     from imaginairy.models.registry import resolve_model
-    from imaginairy.models.weights import resolve_weights
 
     fetches = {}  # one fetch per distinct file
     for prompt in prompts:
         fetches[("safety", prompt.safety_mode)] = lambda mode=prompt.safety_mode: ensure_safety_available(
             mode, model_location=settings.safety_checker_model, settings=settings)
         location = resolve_model(prompt.model, prompt.model_config).weights
-        fetches[location] = lambda location=location: resolve_weights(location)
+        fetches[location] = lambda location=location: resolve_checkpoint(location)
         for helper, wanted in ((REALESRGAN, prompt.upscale), (RETINAFACE, prompt.fix_faces),
                                (CODEFORMER, prompt.fix_faces)):
             if wanted:
@@ -130,6 +140,58 @@ def fetch_weights_first(prompts: list[ImaginePrompt], settings: Settings) -> Non
     if missing:
         listed = "".join(f"\n- {error}" for error in missing)
         raise WeightsUnavailableError(f"{len(missing)} weights files this run needs cannot be had:{listed}")
+
+
+def resolve_library_names(prompt: ImaginePrompt, folder) -> ImaginePrompt:
+    """The prompt with the names of its checkpoint, LoRAs and VAE replaced by the files' paths (models folder
+    `folder`), and the folder's embeddings/ searched for textual-inversion triggers; a name that is nowhere raises
+    ModelNotFoundError listing close matches."""
+    import dataclasses
+
+    from imaginairy.models import library
+    from imaginairy.models.registry import registered_models
+    from imaginairy.schema import LoRA
+
+    changes = {}
+    model_is_a_name = not Path(prompt.model).expanduser().exists() and "://" not in prompt.model
+    if prompt.model not in registered_models() and model_is_a_name and folder is not None:
+        try:
+            changes["model"] = str(library.find("checkpoints", prompt.model, folder))
+        except ModelNotFoundError:
+            pass  # the registry's error (naming the registered models) is the clearer one
+    if prompt.loras:
+        changes["loras"] = [LoRA(str(library.resolve("loras", lora.path_or_name, folder)), lora.weight)
+                            for lora in prompt.loras]  # fmt: skip
+    if prompt.vae is not None:
+        changes["vae"] = str(library.resolve("vae", prompt.vae, folder))
+    embeddings_folder = folder / "embeddings" if folder is not None else None
+    if embeddings_folder is not None and embeddings_folder.is_dir():
+        changes["embeddings"] = (*prompt.embeddings, str(embeddings_folder))
+    return dataclasses.replace(prompt, **changes) if changes else prompt
+
+
+def resource_metadata(prompt: ImaginePrompt) -> dict:
+    """The files that made the image, with their paths and A1111's hashes (cached on disk after the first time)."""
+    from imaginairy.models.library import file_hashes
+    from imaginairy.models.loading import resolve_checkpoint
+    from imaginairy.models.registry import resolve_model
+    from imaginairy.models.vae import sidecar_vae
+
+    checkpoint = resolve_checkpoint(resolve_model(prompt.model, prompt.model_config).weights)
+    resources = {}
+    if checkpoint.is_file():
+        hashes = file_hashes(checkpoint)
+        resources["model_file"] = {"path": str(checkpoint), "sha256": hashes.sha256, "hash": hashes.model_hash}
+    vae = prompt.vae or sidecar_vae(checkpoint)
+    if vae is not None:
+        hashes = file_hashes(vae)
+        resources["vae_file"] = {"path": str(vae), "sha256": hashes.sha256, "hash": hashes.model_hash}
+    resources["lora_files"] = [
+        {"path": lora.path_or_name, "weight": lora.weight, "name": Path(lora.path_or_name).stem,
+         "hash": file_hashes(lora.path_or_name).lora_hash, "sha256": file_hashes(lora.path_or_name).sha256}
+        for lora in prompt.loras
+    ]  # fmt: skip
+    return resources
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:

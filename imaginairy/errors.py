@@ -64,5 +64,13 @@ class DeviceOutOfMemoryError(ImaginAIryError):
     """The GPU ran out of memory; a smaller image, half precision or memory mode "low" needs less."""
 
 
+class IncompatibleModelError(InvalidInputError):
+    """A LoRA, VAE or embedding file is made for another model architecture than the one in use, or is not one."""
+
+
 class NonFiniteOutputError(ImaginAIryError):
     """The model computed NaN or inf values (broken weights, or a half-precision overflow); nothing was saved."""
+
+
+class EmbeddingError(InvalidInputError):
+    """A textual-inversion embedding file is missing, unreadable, of an unknown layout or does not fit the model."""

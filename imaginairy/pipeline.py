@@ -18,8 +18,9 @@ from imaginairy.modules.autoencoder import LATENT_CHANNELS, LATENT_SCALE
 from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
 from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
+from imaginairy.prompts.conditioning import encode_conditioning
 from imaginairy.samplers import Conditioning, NoiseSchedule, sample
-from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
+from imaginairy.schema import ImaginePrompt, ImagineResult
 from imaginairy.settings import Settings
 from imaginairy.utils.images import pil_to_tensor, tensor_to_pil
 
@@ -125,11 +126,18 @@ def generate_latent(
 def text_conditioning(
     prompt: ImaginePrompt, model: LatentDiffusion, device: torch.device
 ) -> tuple[Conditioning, Conditioning]:
-    """Step 1: (cond, uncond), the prompts' and negative prompts' weighted text embeddings."""
+    """Step 1: (cond, uncond) of the prompts and negative prompts: A1111 syntax, 75-token chunks, textual-inversion
+    embeddings and clip skip (imaginairy.prompts)."""
     with submodel_on(model.cond_stage_model, device, prompt.memory_mode):
-        cond = weighted_text_embedding(model, prompt.prompts)
-        uncond = weighted_text_embedding(model, prompt.negative_prompts)
-    return Conditioning(cond), Conditioning(uncond)
+        text = encode_conditioning(
+            model.cond_stage_model,
+            prompt.prompts,
+            prompt.negative_prompts,
+            syntax=prompt.prompt_syntax,
+            embedding_paths=prompt.embeddings,
+            clip_skip=prompt.clip_skip,
+        )
+    return Conditioning(text.cond), Conditioning(text.uncond)
 
 
 def image_conditioning(
@@ -153,15 +161,6 @@ def initial_noise(generator: torch.Generator, width: int, height: int) -> torch.
     """Unit noise drawn on the CPU, so a seed gives the same image on every device."""
     shape = (1, LATENT_CHANNELS, height // LATENT_SCALE, width // LATENT_SCALE)
     return torch.randn(shape, generator=generator, dtype=torch.float32)
-
-
-def weighted_text_embedding(model: LatentDiffusion, prompts: list[WeightedPrompt]) -> torch.Tensor:
-    """The weighted mean of the prompts' embeddings ([1, tokens, dim], float32); no prompts -> the empty prompt's."""
-    if not prompts:
-        prompts = [WeightedPrompt("")]
-    embeddings = model.encode_text([p.text for p in prompts]).float()
-    weights = torch.tensor([p.weight for p in prompts], dtype=torch.float32, device=embeddings.device)
-    return (embeddings * weights[:, None, None]).sum(dim=0, keepdim=True) / weights.sum()
 
 
 def decode(prompt: ImaginePrompt, model: LatentDiffusion, latent: torch.Tensor, device: torch.device) -> Image.Image:

@@ -14,8 +14,9 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any, Union
 
-from imaginairy.errors import InvalidInputError
+from imaginairy.errors import EmbeddingError, InvalidInputError
 from imaginairy.modules.tile_modes import TILE_MODES
+from imaginairy.prompts.syntax import PROMPT_SYNTAXES
 from imaginairy.samplers.table import (
     DEFAULT_SCHEDULE,
     SAMPLER_TYPES,
@@ -45,6 +46,7 @@ SAFETY_MODES = ("off", "classify", "filter")
 # Kinds of image in an ImagineResult that can be its final image, the later processing steps first.
 FINAL_IMAGE_KINDS = ("modified_original", "upscaled", "face_fixed", "generated")
 
+MAX_LORA_WEIGHT = 10.0  # |weight| of a LoRA; A1111's UI slider stops at 2, files are trained for about 1
 SEED_LIMIT = 2**64
 RANDOM_SEED_LIMIT = 2**32
 MAX_STEPS = 1000
@@ -52,6 +54,7 @@ MAX_PROMPT_STRENGTH = 100.0
 MIN_SIDE = 64
 MAX_SIDE = 4096
 SIZE_MULTIPLE = 8
+MAX_CLIP_SKIP = 12  # the layers of SD 1.x's CLIP ViT-L text encoder (A1111's slider goes as far)
 
 
 def _is_int(value: Any) -> bool:
@@ -87,6 +90,29 @@ class WeightedPrompt:
 PromptInput = Union[str, WeightedPrompt, list, tuple, None]
 
 
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+    """A LoRA (or LyCORIS) file merged into the model for one prompt: a file path, or a name in the models folder's
+    `loras/` (see imaginairy.models.library), and how strongly it applies (-10..10; 1 = as trained)."""
+
+    path_or_name: str
+    weight: float = 1.0
+
+    def __post_init__(self):
+        path_or_name = os.fspath(self.path_or_name) if isinstance(self.path_or_name, os.PathLike) else self.path_or_name
+        if not isinstance(path_or_name, str) or not path_or_name.strip():
+            raise InvalidInputError(f"A LoRA is named by a file path or a name, got {self.path_or_name!r}.")
+        object.__setattr__(self, "path_or_name", path_or_name.strip())
+        if not _is_real(self.weight) or not -MAX_LORA_WEIGHT <= self.weight <= MAX_LORA_WEIGHT:
+            raise InvalidInputError(
+                f"LoRA weight must be a number from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}, got {self.weight!r}"
+                f" for {path_or_name!r}."
+            )
+
+    def as_dict(self) -> dict:
+        return {"path_or_name": self.path_or_name, "weight": float(self.weight)}
+
+
 @dataclasses.dataclass
 class ImaginePrompt:
     """Everything that decides one generated image. Defaults are defined here and nowhere else.
@@ -118,6 +144,9 @@ class ImaginePrompt:
     tile_mode: str = ""
     model: str | None = None
     model_config: str | None = None
+    # LoRAs besides the <lora:NAME:WEIGHT> tags in the prompt texts (which are taken out of the texts and added here)
+    loras: Any = ()
+    vae: str | None = None  # a VAE file (path or name in the models folder) replacing the checkpoint's
     precision: str = "auto"
     memory_mode: str = "high"
     fix_faces: bool = False
@@ -125,10 +154,18 @@ class ImaginePrompt:
     upscale: bool = False
     caption: bool = False
     safety_mode: str | None = None
+    # text conditioning (imaginairy.prompts)
+    prompt_syntax: str = "a1111"
+    clip_skip: int = 1
+    embeddings: Any = ()  # textual-inversion files or folders; an embedding is used where its name is in a prompt
 
     def __post_init__(self):
-        positive, negative_from_prompt = _split_by_sign(_weighted_prompts(self.prompt, "prompt"))
+        loras = _check_loras(self.loras)
+        positive_given, loras_in_prompt = _without_lora_tags(_weighted_prompts(self.prompt, "prompt"))
         negative_given = _weighted_prompts(self.negative_prompt, "negative_prompt")
+        negative_given, loras_in_negative = _without_lora_tags(negative_given)
+        self.loras = (*loras, *loras_in_prompt, *loras_in_negative)
+        positive, negative_from_prompt = _split_by_sign(positive_given)
         if any(wp.weight < 0 for wp in negative_given):
             raise InvalidInputError(
                 "negative_prompt weights must be positive (they already steer away from the text); "
@@ -155,6 +192,7 @@ class ImaginePrompt:
         self.tile_mode = _check_choice(self.tile_mode, "tile_mode", TILE_MODES)
         self.model = _check_model(self.model)
         self.model_config = _check_model_config(self.model_config)
+        self.vae = _check_vae(self.vae)
         self.precision = _check_choice(self.precision, "precision", PRECISIONS)
         self.memory_mode = _check_choice(self.memory_mode, "memory_mode", MEMORY_MODES)
         self.fix_faces = _check_flag(self.fix_faces, "fix_faces")
@@ -163,6 +201,9 @@ class ImaginePrompt:
         self.caption = _check_flag(self.caption, "caption")
         if self.safety_mode is not None:
             self.safety_mode = _check_choice(self.safety_mode, "safety_mode", SAFETY_MODES)
+        self.prompt_syntax = _check_choice(self.prompt_syntax, "prompt_syntax", PROMPT_SYNTAXES)
+        self.clip_skip = _check_clip_skip(self.clip_skip)
+        self.embeddings = _check_embedding_paths(self.embeddings)
 
     @property
     def prompts(self) -> list[WeightedPrompt]:
@@ -209,12 +250,17 @@ class ImaginePrompt:
             "tile_mode": self.tile_mode,
             "model": self.model,
             "model_config": self.model_config,
+            "loras": [lora.as_dict() for lora in self.loras],
+            "vae": self.vae,
             "precision": self.precision,
             "fix_faces": self.fix_faces,
             "fix_faces_fidelity": self.fix_faces_fidelity,
             "upscale": self.upscale,
             "caption": self.caption,
             "safety_mode": self.safety_mode,
+            "prompt_syntax": self.prompt_syntax,
+            "clip_skip": self.clip_skip,
+            "embeddings": list(self.embeddings),
         }
 
 
@@ -238,6 +284,46 @@ def _weighted_prompts(value: PromptInput, field: str) -> list[WeightedPrompt]:
             )
         prompts.append(WeightedPrompt(item.text.strip(), item.weight))
     return prompts
+
+
+def _check_loras(value: Any) -> tuple[LoRA, ...]:
+    """LoRAs given as LoRA objects, {"path_or_name", "weight"} dicts (metadata) or bare paths / names (weight 1)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, (str, os.PathLike, LoRA, dict)) else value
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInputError(f"loras must be a list of LoRA(path_or_name, weight), got {type(value).__name__}.")
+    loras = []
+    for item in items:
+        if isinstance(item, dict):
+            item = LoRA(**item)
+        elif isinstance(item, (str, os.PathLike)):
+            item = LoRA(item)
+        elif not isinstance(item, LoRA):
+            raise InvalidInputError(f"loras must hold LoRA(path_or_name, weight) items, got {item!r}.")
+        loras.append(item)
+    return tuple(loras)
+
+
+def _without_lora_tags(prompts: list[WeightedPrompt]) -> tuple[list[WeightedPrompt], list[LoRA]]:
+    from imaginairy.prompts.extra_networks import extract_lora_tags
+
+    texts, loras = [], []
+    for wp in prompts:
+        text, tags = extract_lora_tags(wp.text)
+        texts.append(WeightedPrompt(text.strip(), wp.weight))
+        loras.extend(LoRA(name, weight) for name, weight in tags)
+    return texts, loras
+
+
+def _check_vae(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"vae must be the path or the name of a VAE file, got {value!r}.")
+    return value
 
 
 def _split_by_sign(prompts: list[WeightedPrompt]) -> tuple[list[WeightedPrompt], list[WeightedPrompt]]:
@@ -336,6 +422,28 @@ def _check_ddim_eta(value: Any) -> float:
     if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise InvalidInputError(f"ddim_eta must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+def _check_clip_skip(value: Any) -> int:
+    if not _is_int(value) or not 1 <= value <= MAX_CLIP_SKIP:
+        raise InvalidInputError(
+            f"clip_skip must be a whole number from 1 (the last layer) to {MAX_CLIP_SKIP}, got {value!r}."
+        )
+    return int(value)
+
+
+def _check_embedding_paths(value: Any) -> tuple[str, ...]:
+    """Textual-inversion files or folders as a tuple of path strings; each must exist."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, (str, os.PathLike)) for item in items):
+        raise InvalidInputError(f"embeddings must be a path or a list of paths (files or folders), got {value!r}.")
+    paths = tuple(os.fspath(item) for item in items)
+    for path in paths:
+        if not os.path.exists(path):
+            raise EmbeddingError(f"Embedding path not found: {path} (give an embedding file or a folder of them).")
+    return paths
 
 
 def _check_model(value: Any) -> str:

@@ -8,6 +8,7 @@ passed down; the modules below take its values as explicit arguments.
 | `IMAGINAIRY_SAFETY_CHECKER_MODEL` | `safety_checker_model`: a local copy of the safety checker's repo | the hub |
 | `IMAGINAIRY_BLIP_MODEL` | `blip_model`: a local copy of the BLIP caption model's repo | the hub |
 | `IMAGINAIRY_CLIPSEG_MODEL` | `clipseg_model`: CLIPSeg folder or hub repo id (mask prompts) | (below) |
+| `IMAGINAIRY_MODELS_DIR` | `models_dir`: the models folder (checkpoints/, loras/, embeddings/, vae/) | none |
 
 The CLIPSeg default is the refined model, `CIDAS/clipseg-rd64-refined`. The weights cache (`HF_HOME`,
 `HF_HUB_CACHE`, `IMAGINAIRY_CACHE_DIR`, ...) is read by `imaginairy.models.weights`.
@@ -24,6 +25,7 @@ SAFETY_MODE_ENV = "IMAGINAIRY_SAFETY_MODE"
 SAFETY_CHECKER_ENV = "IMAGINAIRY_SAFETY_CHECKER_MODEL"
 BLIP_MODEL_ENV = "IMAGINAIRY_BLIP_MODEL"
 CLIPSEG_MODEL_ENV = "IMAGINAIRY_CLIPSEG_MODEL"
+MODELS_DIR_ENV = "IMAGINAIRY_MODELS_DIR"
 DEFAULT_SAFETY_MODE = "classify"
 DEFAULT_CLIPSEG_LOCATION = "CIDAS/clipseg-rd64-refined"
 
@@ -38,6 +40,7 @@ class Settings:
     safety_checker_model: str | None = None
     blip_model: str | None = None
     clipseg_model: str = DEFAULT_CLIPSEG_LOCATION
+    models_dir: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,4 +51,5 @@ class Settings:
             safety_checker_model=environ.get(SAFETY_CHECKER_ENV),
             blip_model=environ.get(BLIP_MODEL_ENV),
             clipseg_model=environ.get(CLIPSEG_MODEL_ENV) or DEFAULT_CLIPSEG_LOCATION,
+            models_dir=environ.get(MODELS_DIR_ENV) or None,
         )

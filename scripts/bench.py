@@ -17,6 +17,10 @@ Parts (`--only`, repeatable; default all):
 - startup: wall time of `imagine --help`.
 - load:    our load of the saved SD-1.5-sized .safetensors checkpoint, against reading the file's bytes.
 - vae2048: peak memory of our VAE decode of a 2048x2048 image (decoded in tiles).
+- lora:    SD-1.5-sized LoRAs in the kohya layout merged into our fp32 model and taken out again (wall time, median
+           of --repeats) and peak memory over the plain model: two LoRAs on every transformer and text-encoder linear
+           (ranks 32 and 16, kohya's default network), and one of them with a LoCon (rank 32, also every ResBlock 3x3
+           convolution: nearly all the UNet's weights); one UNet CFG step with and without the first pair.
 - kernels: our CPU linear and attention against PyTorch's F.linear and F.scaled_dot_product_attention (what
            diffusers calls) at the shapes of one SD-1.5 CFG step at 512x512, random inputs, min of 5 calls.
 
@@ -48,7 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
-PARTS = ("unet", "txt2img", "startup", "load", "vae2048", "kernels")
+PARTS = ("unet", "txt2img", "startup", "load", "vae2048", "kernels", "lora")
 WORKERS = {
     "fp32": [("ours", "fp32"), ("diffusers", "fp32")],
     "bf16": [("ours", "bf16"), ("diffusers", "bf16-autocast"), ("diffusers", "bf16")],
@@ -351,8 +355,88 @@ def kernels_worker(spec: dict) -> None:
     print(json.dumps(rows))
 
 
+def random_loras(workdir: Path, model) -> list[Path]:
+    """Two kohya-layout LoRAs for the model (see the `lora` part), seeded, saved once."""
+    import torch
+    from torch import nn
+
+    from imaginairy.models.lora import lora_targets
+    from imaginairy.models.weights import save_state_dict
+
+    files = {"lora-attention.safetensors": (32, False), "lora-attention-b.safetensors": (16, False),
+             "lora-locon.safetensors": (32, True)}  # fmt: skip
+    paths = [workdir / name for name in files]
+    if all(p.exists() for p in paths):
+        return paths
+    generator = torch.Generator().manual_seed(5)
+    kohya = {name: t for name, t in lora_targets(model).items() if name.startswith(("lora_unet_", "lora_te_"))}
+    for path, (rank, with_convolutions) in zip(paths, files.values()):
+        state_dict, seen = {}, set()
+        for name, target in kohya.items():
+            convolution = isinstance(target.module, nn.Conv2d) and target.module.kernel_size != (1, 1)
+            attention_or_text = "attentions" in name or name.startswith("lora_te_")
+            wanted = attention_or_text or (convolution and with_convolutions)
+            if not wanted or id(target.module) in seen:
+                continue  # (a layer has a diffusers and an sgm name)
+            seen.add(id(target.module))
+            out_features, in_features, *kernel = target.shape
+            down_shape = (rank, in_features, *kernel)
+            up_shape = (out_features, rank, *([1] * len(kernel)))
+            state_dict[f"{name}.lora_down.weight"] = torch.randn(down_shape, generator=generator) * 0.01
+            state_dict[f"{name}.lora_up.weight"] = torch.randn(up_shape, generator=generator) * 0.01
+            state_dict[f"{name}.alpha"] = torch.tensor(float(rank // 2))
+        save_state_dict(state_dict, path)
+    return paths
+
+
+def lora_worker(spec: dict) -> None:
+    """Time merging and removing two LoRAs; the UNet step with and without them; peak memory."""
+    import torch
+
+    from imaginairy.models.lora import applied_loras, lora_layers_for_model
+
+    workdir = Path(spec["workdir"])
+    runner = OurRunner(workdir, "fp32")
+    paths = random_loras(workdir, runner.model)
+    inputs = torch.load(workdir / f"inputs-{spec['size']}.pt")
+    latent, t = inputs["noise"], torch.full((1,), TIMESTEP)
+    context = torch.cat([inputs["uncond"], inputs["cond"]])
+    with torch.inference_mode():
+        runner.unet(latent, t, context)  # warm-up
+    base_peak = peak_rss_mb()
+    merge, plain_steps, lora_steps = [], [], []
+    for _ in range(spec["repeats"]):
+        with torch.inference_mode():
+            started = time.perf_counter()
+            runner.unet(latent, t, context)
+            plain_steps.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with applied_loras(runner.model, [(paths[0], 0.8), (paths[1], 0.5)]):
+            applied = time.perf_counter()
+            with torch.inference_mode():
+                runner.unet(latent, t, context)
+                lora_steps.append(time.perf_counter() - applied)
+            removing = time.perf_counter()
+        merge.append(applied - started + time.perf_counter() - removing)
+    pair_peak = peak_rss_mb()
+    locon = []
+    for _ in range(spec["repeats"]):
+        started = time.perf_counter()
+        with applied_loras(runner.model, [(paths[0], 0.8), (paths[2], 0.5)]):
+            pass
+        locon.append(time.perf_counter() - started)
+    touched = {id(target.module) for path in paths[:2] for target, _, _ in lora_layers_for_model(runner.model, path)}
+    touched_mb = sum(m.weight.numel() * 4 for m in runner.model.modules() if id(m) in touched) / 2**20
+    print(json.dumps({"apply_and_remove_s": statistics.median(merge), "unet_s": statistics.median(plain_steps),
+                      "unet_with_loras_s": statistics.median(lora_steps), "peak_rise_mb": pair_peak - base_peak,
+                      "touched_mb": touched_mb, "lora_mb": sum(p.stat().st_size for p in paths[:2]) / 2**20,
+                      "locon_apply_and_remove_s": statistics.median(locon),
+                      "locon_peak_rise_mb": peak_rss_mb() - base_peak}))  # fmt: skip
+
+
 WORKER_FUNCTIONS = {
     "serve": worker, "load": load_worker, "read": read_file_worker, "vae": vae_worker, "kernels": kernels_worker,
+    "lora": lora_worker,
 }  # fmt: skip
 
 
@@ -532,6 +616,16 @@ def main() -> None:
             rows += compare_tasks(args, workdir, precision, tasks)
         results["rows"] = rows
         print_comparison(rows)
+    if "lora" in parts:
+        shared_inputs(workdir, args.size)
+        lora = results["lora"] = run_one_shot("lora", {"workdir": str(workdir), "size": args.size,
+                                                       "repeats": args.repeats})  # fmt: skip
+        print(f"two LoRAs ({lora['lora_mb']:.0f} MB, touching {lora['touched_mb']:.0f} MB of weights): apply + remove "
+              f"{lora['apply_and_remove_s']:.2f} s, peak RSS +{lora['peak_rise_mb']:.0f} MB; UNet step "
+              f"{lora['unet_s']:.2f} s plain, {lora['unet_with_loras_s']:.2f} s with them "
+              f"({lora['unet_with_loras_s'] / lora['unet_s']:.2f}x); with a LoCon instead: apply + remove "
+              f"{lora['locon_apply_and_remove_s']:.2f} s, peak RSS +{lora['locon_peak_rise_mb']:.0f} MB",
+              flush=True)  # fmt: skip
     if "vae2048" in parts:
         for precision in args.precisions.split(","):
             vae = run_one_shot("vae", {"workdir": str(workdir), "precision": precision})

@@ -12,6 +12,12 @@ loader finds the config the way it finds one next to any downloaded model:
     tiny-sd15-inpainting.safetensors, tiny-sd15-inpainting.yaml                 SD 1.x inpainting: 9 UNet inputs
     tiny-sd21-v.safetensors, tiny-sd21-v.yaml                                   SD 2.x: OpenCLIP, v prediction
 
+and textual-inversion embeddings for their 32-wide text encoders in embeddings/ (`make_tiny_embeddings`):
+
+    tinycat.pt              A1111 .pt: string_to_param {"*": [2, 32]} (two vectors)
+    tinystyle.safetensors   A1111 .safetensors: emb_params [3, 32]
+    tinyneg.bin             diffusers learned_embeds layout: {"<tinyneg>": [32]} (one vector)
+
 With --helpers it also writes the helper models in their real architectures and layouts (tiny_enhancers.py,
 tiny_clipseg.py, tiny_retinaface.py): tiny-clipseg/, tiny-blip-image-captioning-base/,
 tiny-stable-diffusion-safety-checker/ (transformers folders), tiny-RealESRGAN_x4plus.pth, tiny-codeformer.pth,
@@ -116,6 +122,168 @@ def make_tiny_model(outdir: Path, name: str) -> Path:
     return weights_path
 
 
+TINY_EMBEDDINGS = {"tinycat.pt": 2, "tinystyle.safetensors": 3, "tinyneg.bin": 1}  # file -> vectors
+
+
+def make_tiny_embeddings(outdir: str | Path, width: int = TINY_CLIP["hidden_size"], seed: int = 7) -> dict[str, Path]:
+    """Textual-inversion embeddings in the three layouts in circulation, with seeded vectors at the scale of the
+    tiny text encoders' token table (trigger name -> path)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    paths = {}
+    for file_name, count in TINY_EMBEDDINGS.items():
+        vectors = torch.randn(count, width, generator=generator) / math.sqrt(width)
+        path = outdir / file_name
+        name = path.stem
+        if path.suffix == ".pt":
+            torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": name,
+                        "step": 100, "sd_checkpoint": None, "sd_checkpoint_name": None}, path)
+        elif path.suffix == ".safetensors":
+            save_state_dict({"emb_params": vectors}, path)
+        else:
+            torch.save({f"<{name}>": vectors[0]}, path)
+        paths[name] = path
+    return paths
+
+
+# Layers of the tiny SD 1.5 UNet / text encoder, written out by hand in the files' own naming (not derived from our
+# module names, so a wrong name mapping in imaginairy.models.lora shows up as a mismatch with diffusers):
+# (diffusers module path, input features, output features, kernel size; 0 = linear)
+TINY_SD15_LORA_LAYERS = [
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 32, 32, 0),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", 32, 32, 0),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v", 32, 32, 0),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0", 32, 32, 0),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj", 32, 256, 0),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2", 128, 32, 0),
+    ("down_blocks.0.attentions.0.proj_in", 32, 32, 1),
+    ("mid_block.attentions.0.transformer_blocks.0.attn1.to_v", 64, 64, 0),
+    ("up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_q", 32, 32, 0),
+    ("up_blocks.1.attentions.1.proj_out", 32, 32, 1),
+    ("down_blocks.0.resnets.0.conv1", 32, 32, 3),
+    ("down_blocks.0.downsamplers.0.conv", 32, 32, 3),
+    ("down_blocks.1.resnets.0.conv_shortcut", 32, 64, 1),
+    ("mid_block.resnets.1.time_emb_proj", 128, 64, 0),
+    ("up_blocks.0.resnets.1.conv2", 64, 64, 3),
+    ("up_blocks.0.upsamplers.0.conv", 64, 64, 3),
+]
+TINY_SD15_TEXT_LORA_LAYERS = [
+    ("text_model.encoder.layers.0.self_attn.q_proj", 32, 32, 0),
+    ("text_model.encoder.layers.1.mlp.fc1", 32, 64, 0),
+    ("text_model.encoder.layers.1.self_attn.out_proj", 32, 32, 0),
+]
+TINY_SD21_LORA_LAYERS = [
+    ("down_blocks.0.attentions.0.proj_in", 32, 32, 0),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", 32, 32, 0),
+]
+TINY_SD21_TEXT_LORA_LAYERS = [("text_model.encoder.layers.1.self_attn.k_proj", 32, 32, 0)]
+LORA_RANK = 4
+
+
+def lora_pair(generator: torch.Generator, in_features: int, out_features: int, kernel: int, rank: int = LORA_RANK):
+    """(down, up) of one layer, sized so the update is about as large as the weight: kohya's and PEFT's shapes."""
+    down_shape = (rank, in_features, kernel, kernel) if kernel else (rank, in_features)
+    up_shape = (out_features, rank, 1, 1) if kernel else (out_features, rank)
+    down = torch.randn(down_shape, generator=generator) / math.sqrt(in_features * max(kernel, 1) ** 2)
+    up = torch.randn(up_shape, generator=generator) / math.sqrt(rank)
+    return down, up
+
+
+def kohya_lora(layers, prefix: str, seed: int, alpha: float = 2.0) -> dict[str, torch.Tensor]:
+    """kohya / A1111 layout: lora_unet_<path with _>.lora_down.weight, .lora_up.weight, .alpha."""
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {}
+    for path, in_features, out_features, kernel in layers:
+        name = prefix + path.replace(".", "_")
+        down, up = lora_pair(generator, in_features, out_features, kernel)
+        state_dict.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                           f"{name}.alpha": torch.tensor(alpha)})
+    return state_dict
+
+
+def peft_lora(layers, prefix: str, seed: int) -> dict[str, torch.Tensor]:
+    """diffusers / PEFT layout: unet.<path>.lora_A.weight, .lora_B.weight (alpha = rank)."""
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {}
+    for path, in_features, out_features, kernel in layers:
+        down, up = lora_pair(generator, in_features, out_features, kernel)
+        state_dict.update({f"{prefix}{path}.lora_A.weight": down, f"{prefix}{path}.lora_B.weight": up})
+    return state_dict
+
+
+def make_tiny_loras(outdir: str | Path) -> dict[str, Path]:
+    """Tiny LoRAs for tiny-sd15 (kohya: UNet linear + 1x1/3x3 conv layers + text encoder; a second kohya one on
+    other layers; PEFT: UNet linear + conv), for tiny-sd21-v (kohya, linear projections + OpenCLIP text encoder)
+    and an SDXL-named one (kohya `lora_te1_` + `lora_te2_` keys)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "kohya-sd15": {**kohya_lora(TINY_SD15_LORA_LAYERS, "lora_unet_", 11),
+                       **kohya_lora(TINY_SD15_TEXT_LORA_LAYERS, "lora_te_", 12)},
+        "kohya-sd15-b": kohya_lora(TINY_SD15_LORA_LAYERS[::3], "lora_unet_", 13, alpha=4.0),
+        "peft-sd15": peft_lora(TINY_SD15_LORA_LAYERS[2:14:2], "unet.", 14),
+        "kohya-sd21": {**kohya_lora(TINY_SD21_LORA_LAYERS, "lora_unet_", 15),
+                       **kohya_lora(TINY_SD21_TEXT_LORA_LAYERS, "lora_te_", 16)},
+        "kohya-sdxl": {**kohya_lora([("text_model.encoder.layers.0.self_attn.q_proj", 32, 32, 0)], "lora_te1_", 17),
+                       **kohya_lora([("text_model.encoder.layers.0.self_attn.q_proj", 32, 32, 0)], "lora_te2_", 18)},
+    }
+    paths = {}
+    for name, state_dict in files.items():
+        paths[name] = outdir / f"tiny-lora-{name}.safetensors"
+        save_state_dict(state_dict, paths[name])
+    return paths
+
+
+def make_tiny_variants(outdir: str | Path, tiny_sd15: Path) -> dict[str, Path]:
+    """tiny-sd15 in the other layouts in circulation (each with the tiny yaml beside it), and a tiny VAE:
+
+    fp16 / bf16 files, a .ckpt without the state_dict wrapper, text encoder keys without `text_model.`, EMA-only
+    (UNet under CompVis' `model_ema.*` names) and EMA + non-EMA (the EMA copy differs) files, a file without VAE and
+    one without text encoder; a VAE with other random weights as bare keys (`encoder.*`, like
+    vae-ft-mse-840000-ema-pruned, plus its training-only `loss.*` key) and with `first_stage_model.*` keys; and a
+    checkpoint with that VAE beside it as NAME.vae.safetensors.
+    """
+    import shutil
+
+    from imaginairy.models.weights import load_state_dict
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    base = {k: v.clone() for k, v in load_state_dict(tiny_sd15).items()}
+    config = tiny_sd15.with_suffix(".yaml")
+    unet = {k: v for k, v in base.items() if k.startswith("model.diffusion_model.")}
+    ema = {"model_ema." + k[len("model."):].replace(".", ""): v for k, v in unet.items()}
+    others = {k: v for k, v in base.items() if k not in unet}
+    generator = torch.Generator().manual_seed(21)
+    vae = {k[len("first_stage_model."):]: v + 0.05 * torch.randn(v.shape, generator=generator)
+           for k, v in base.items() if k.startswith("first_stage_model.")}
+    flat_clip = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."): v
+                 for k, v in base.items()}
+    variants = {
+        "fp16": ({k: v.half() if v.is_floating_point() else v for k, v in base.items()}, ".safetensors"),
+        "bf16": ({k: v.bfloat16() if v.is_floating_point() else v for k, v in base.items()}, ".safetensors"),
+        "unwrapped": (base, ".pt"),
+        "flat-clip": (flat_clip, ".safetensors"),
+        "ema-only": ({**ema, **others}, ".safetensors"),
+        "ema-and-non-ema": ({**{k: v + 1 for k, v in ema.items()}, **base}, ".safetensors"),
+        "no-vae": ({k: v for k, v in base.items() if not k.startswith("first_stage_model.")}, ".safetensors"),
+        "no-text-encoder": ({k: v for k, v in base.items() if not k.startswith("cond_stage_model.")}, ".safetensors"),
+        "sidecar": (base, ".safetensors"),
+    }
+    paths = {}
+    for name, (state_dict, suffix) in variants.items():
+        paths[name] = outdir / f"tiny-sd15-{name}{suffix}"
+        save_state_dict(state_dict, paths[name])
+        shutil.copy(config, paths[name].with_suffix(".yaml"))
+    paths["vae"] = outdir / "tiny-vae.safetensors"
+    save_state_dict({**vae, "model_ema.decay": torch.tensor(0.9999), "loss.logvar": torch.zeros(())}, paths["vae"])
+    paths["vae-compvis"] = outdir / "tiny-vae-compvis.ckpt"
+    save_state_dict({"first_stage_model." + k: v for k, v in vae.items()}, paths["vae-compvis"])
+    save_state_dict(vae, outdir / "tiny-sd15-sidecar.vae.safetensors")
+    return paths
+
+
 HELPER_ENV_VARS = {  # helper model -> (the setting that points at it, its file or folder name)
     "clipseg": ("IMAGINAIRY_CLIPSEG_MODEL", "tiny-clipseg"),
     "blip": ("IMAGINAIRY_BLIP_MODEL", "tiny-blip-image-captioning-base"),
@@ -156,6 +324,8 @@ if __name__ == "__main__":
     if len(arguments) != 1:
         sys.exit(__doc__)
     for path in make_tiny_models(arguments[0]).values():
+        print(path)
+    for path in make_tiny_embeddings(Path(arguments[0]) / "embeddings").values():
         print(path)
     if with_helpers:
         for path in make_tiny_helpers(arguments[0]).values():

@@ -54,6 +54,32 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_embeddings(tmp_path_factory) -> dict[str, Path]:
+    """Textual-inversion embeddings for the tiny models' text encoders (trigger name -> file), from
+    scripts/make_tiny_models.py: tinycat.pt (A1111, 2 vectors), tinystyle.safetensors (A1111, 3), tinyneg.bin
+    (diffusers, 1)."""
+    from make_tiny_models import make_tiny_embeddings
+
+    return make_tiny_embeddings(tmp_path_factory.mktemp("tiny-embeddings"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tmp_path_factory) -> dict[str, Path]:
+    """Paths of the tiny LoRA files written by scripts/make_tiny_models.py (name -> .safetensors path)."""
+    from make_tiny_models import make_tiny_loras
+
+    return make_tiny_loras(tmp_path_factory.mktemp("tiny-loras"))
+
+
+@pytest.fixture(scope="session")
+def tiny_variants(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """tiny-sd15 in other checkpoint layouts, and a tiny VAE (scripts/make_tiny_models.py make_tiny_variants)."""
+    from make_tiny_models import make_tiny_variants
+
+    return make_tiny_variants(tmp_path_factory.mktemp("tiny-variants"), tiny_models["tiny-sd15"])
+
+
 class Routes(dict):
     """URL path -> (status, content type, body); a path under /slow/ waits `slow_seconds` before answering."""
 

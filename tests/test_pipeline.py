@@ -63,9 +63,11 @@ def test_prompt_text_and_weights_change_the_image(tiny_models, cache):
 
 
 def test_weighted_embedding_is_the_weighted_mean(tiny_models, cache):
-    model = load_model(ImaginePrompt("x", model=str(tiny_models["tiny-sd15"]), precision="full"), "cpu", cache)
+    prompt = ImaginePrompt([WeightedPrompt("cat", 3), WeightedPrompt("dog", 1)], model=str(tiny_models["tiny-sd15"]),
+                           precision="full")
+    model = load_model(prompt, "cpu", cache)
     cat, dog = model.encode_text(["cat", "dog"])
-    blended = pipeline.weighted_text_embedding(model, [WeightedPrompt("cat", 3), WeightedPrompt("dog", 1)])
+    blended = pipeline.text_conditioning(prompt, model, "cpu")[0].context
     torch.testing.assert_close(blended[0], (3 * cat + dog) / 4)
 
 

@@ -32,8 +32,7 @@ def our_run(weights_path, sampler_type, steps, width=None, height=None):
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     prompt = pipeline.resolve_size(prompt, model)
     with torch.inference_mode():
-        cond = pipeline.weighted_text_embedding(model, prompt.prompts)
-        uncond = pipeline.weighted_text_embedding(model, prompt.negative_prompts)
+        cond, uncond = (side.context for side in pipeline.text_conditioning(prompt, model, "cpu"))
         latent = pipeline.generate_latent(prompt, model)
         image = (model.decode_latent(latent) / 2 + 0.5).clamp(0, 1)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), prompt.width, prompt.height)

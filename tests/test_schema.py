@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imaginairy.errors import ImageLoadError, InvalidInputError, OutputWriteError
+from imaginairy.errors import EmbeddingError, ImageLoadError, InvalidInputError, OutputWriteError
 from imaginairy.schema import (
     PRECISIONS,
     SAMPLER_TYPES,
@@ -145,6 +145,8 @@ ENHANCE_AND_EDIT_DEFAULTS = {
     "outpaint": None,
     "seamless_boost": 0.0,
 }
+# The text conditioning fields (imaginairy.prompts); the embeddings are a list in the JSON metadata.
+TEXT_CONDITIONING_DEFAULTS = {"prompt_syntax": "a1111", "clip_skip": 1}
 
 
 def test_defaults():
@@ -164,9 +166,13 @@ def test_defaults():
         "tile_mode": "",
         "model": None,
         "model_config": None,
+        "loras": (),
+        "vae": None,
         "precision": "auto",
         "memory_mode": "high",
         **ENHANCE_AND_EDIT_DEFAULTS,
+        **TEXT_CONDITIONING_DEFAULTS,
+        "embeddings": (),
     }
 
 
@@ -379,13 +385,19 @@ def test_to_metadata(image_path):
         "tile_mode": "",
         "model": "sd-1.5",
         "model_config": None,
+        "loras": [],
+        "vae": None,
         "precision": "auto",
         **ENHANCE_AND_EDIT_DEFAULTS,
+        **TEXT_CONDITIONING_DEFAULTS,
+        "embeddings": [],
     }
 
 
-def test_metadata_rebuilds_the_same_prompt():
-    prompt = ImaginePrompt([WeightedPrompt("a", 2), WeightedPrompt("b", -1)], negative_prompt="c", seed=9, steps=7)
+def test_metadata_rebuilds_the_same_prompt(tmp_path):
+    (tmp_path / "easynegative.pt").write_bytes(b"x")
+    prompt = ImaginePrompt([WeightedPrompt("a", 2), WeightedPrompt("b", -1)], negative_prompt="c", seed=9, steps=7,
+                           prompt_syntax="plain", clip_skip=2, embeddings=[tmp_path, tmp_path / "easynegative.pt"])
     assert ImaginePrompt(**prompt.to_metadata()) == prompt
     assert ImaginePrompt.from_metadata(prompt.to_metadata()) == prompt
 
@@ -449,3 +461,25 @@ def test_result_save_unknown_kind(result, tmp_path):
     with pytest.raises(InvalidInputError, match="No 'face_fixed' image in this result; it has: generated, upscaled"):
         result.save(tmp_path / "x.png", image_type="face_fixed")
 
+
+
+# --- text conditioning ---
+
+
+@pytest.mark.parametrize("clip_skip", [0, 13, 1.5, True, "2"])
+def test_clip_skip_out_of_range_is_refused(clip_skip):
+    with pytest.raises(InvalidInputError, match="clip_skip must be a whole number from 1"):
+        ImaginePrompt("x", clip_skip=clip_skip)
+
+
+def test_unknown_prompt_syntax_is_refused():
+    with pytest.raises(InvalidInputError, match="prompt_syntax 'compel' is not supported; choose one of: 'a1111'"):
+        ImaginePrompt("x", prompt_syntax="compel")
+
+
+def test_embedding_paths_are_normalised_and_checked(tmp_path):
+    assert ImaginePrompt("x", embeddings=tmp_path).embeddings == (str(tmp_path),)
+    with pytest.raises(EmbeddingError, match="Embedding path not found: .*missing.pt"):
+        ImaginePrompt("x", embeddings=[tmp_path / "missing.pt"])
+    with pytest.raises(InvalidInputError, match="embeddings must be a path or a list of paths"):
+        ImaginePrompt("x", embeddings=[3])

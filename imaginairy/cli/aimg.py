@@ -196,6 +196,37 @@ def upscale(ctx: click.Context, images: tuple[str, ...], outdir: str, weights: s
         ctx.exit(1)
 
 
+@aimg.command("models")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="The models folder [default: $IMAGINAIRY_MODELS_DIR].")
+def models_cmd(models_dir: str | None) -> None:
+    """List the registered models and the files in the models folder: architecture, size and A1111 hash.
+
+    The first listing hashes each file once (a few seconds per GB); later ones read the hashes from the cache.
+    """
+    from imaginairy.models import library
+    from imaginairy.models.registry import registered_models
+    from imaginairy.settings import Settings
+
+    with reported_errors():
+        for name, spec in registered_models().items():
+            click.echo(f"{name:24} {spec.description}")
+        root = library.models_dir(models_dir or Settings.from_environment().models_dir)
+        if root is None:
+            click.echo(f"(no models folder: pass --models-dir or set {library.MODELS_DIR_ENV})")
+            return
+        if not root.is_dir():
+            raise InvalidInputError(f"models folder {root} does not exist")
+        for kind in library.KINDS:
+            files = library.list_files(kind, root)
+            click.echo(f"\n{root / kind}: {len(files)} file(s)")
+            for path in files:
+                info = library.describe(kind, path)
+                size = f"{info['bytes'] / 2**20:,.1f} MB"
+                click.echo(f"  {library.file_name(kind, root, path):32} {info['architecture']:24} {size:>12}  "
+                           f"{info['hash']}")
+
+
 @aimg.command("system-info")
 def system_info() -> None:
     """Print versions, the compute device and memory (useful in bug reports)."""

@@ -11,8 +11,10 @@ from imaginairy.schema import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MODEL,
     MASK_MODES,
+    MAX_CLIP_SKIP,
     MEMORY_MODES,
     PRECISIONS,
+    PROMPT_SYNTAXES,
     SAFETY_MODES,
     SAMPLER_TYPES,
     ImaginePrompt,
@@ -41,6 +43,15 @@ class ImagineCommand(click.Command):
 @click.command(cls=ImagineCommand, context_settings={"help_option_names": ["--help"]})
 @click.argument("prompt_texts", nargs=-1, metavar="PROMPT...")
 @click.option("--negative-prompt", help="What the image should not show.")
+@click.option("--prompt-syntax", type=click.Choice(PROMPT_SYNTAXES), default=DEFAULTS["prompt_syntax"],
+              show_default=True, help="a1111: (emphasis:1.2), [less], BREAK and prompts of any length; "
+              "plain: the text as typed, in one 75-token window.")
+@click.option("--clip-skip", type=click.IntRange(1, MAX_CLIP_SKIP), default=DEFAULTS["clip_skip"], show_default=True,
+              help="Stop the text encoder this many layers from the end, counted as in A1111 (1 = the last "
+              "layer, 2 = the penultimate); SD 1.x models.")
+@click.option("--embeddings", "embeddings", multiple=True, type=click.Path(exists=True),
+              help="A textual-inversion file or a folder of them; each is used where its file name appears in a "
+              "prompt, e.g. easynegative in --negative-prompt. Repeatable.")
 @click.option("--prompt-strength", type=float, default=DEFAULTS["prompt_strength"], show_default=True,
               help="How closely to follow the prompt (classifier-free guidance scale).")
 @click.option("--init-image", help="Start from this image (a path or an http(s) URL) instead of pure noise.")
@@ -78,6 +89,13 @@ class ImagineCommand(click.Command):
               f"[default: {DEFAULT_MODEL}; with a mask or --outpaint: {DEFAULT_EDIT_MODEL}].")
 @click.option("--model-config", type=click.Path(dir_okay=False),
               help="CompVis-style yaml describing the model's architecture, for weights files it cannot infer.")
+@click.option("--lora", "loras", multiple=True, metavar="PATH_OR_NAME[:WEIGHT]",
+              help="Merge a LoRA file (a path, or a name in MODELS_DIR/loras) at WEIGHT (-10..10, default 1); "
+                   "repeatable. Prompts may also say <lora:NAME:WEIGHT>.")
+@click.option("--vae", help="A VAE file (a path, or a name in MODELS_DIR/vae) replacing the checkpoint's.")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="Folder with checkpoints/, loras/, embeddings/, vae/ where names are looked up "
+                   "[default: $IMAGINAIRY_MODELS_DIR].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"], show_default=True,
               help="Number format of the computation; auto: bf16 where the CPU or GPU computes it natively, else full.")
 @click.option("--memory-mode", type=click.Choice(MEMORY_MODES), default=DEFAULTS["memory_mode"], show_default=True,
@@ -95,7 +113,7 @@ class ImagineCommand(click.Command):
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=DEFAULT_LOG_LEVEL,
               show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings, errors, where the images went and the summary.")
-def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level, quiet, **prompt_options):
+def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level, quiet, models_dir, **prompt_options):
     """Make images from text PROMPTs with Stable Diffusion, on this machine.
 
     \b
@@ -114,6 +132,7 @@ def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level,
     given = {name: value for name, value in prompt_options.items() if value is not None}  # unset: the field's default
     seed = given.pop("seed", None)
     with reported_errors():
+        given["loras"] = [lora_option(option) for option in given.get("loras", ())]
         prompts = [
             ImaginePrompt(text, seed=None if seed is None else seed + repeat, **given)
             for text in prompt_texts
@@ -123,11 +142,23 @@ def imagine_cmd(prompt_texts, outdir, repeats, output_file_extension, log_level,
         from imaginairy.api import imagine_image_files
 
         paths = imagine_image_files(prompts, outdir, output_file_extension=output_file_extension,
-                                    show_progress=not quiet)
+                                    show_progress=not quiet, models_dir=models_dir)
     if quiet:
         for path in paths:
             click.echo(str(path))
     click.echo(run_summary(paths, time.monotonic() - started))
+
+
+def lora_option(option: str):
+    """`--lora PATH_OR_NAME[:WEIGHT]` -> LoRA (a last `:part` that is not a number belongs to the name)."""
+    from imaginairy.schema import LoRA
+
+    name, _, weight_text = option.rpartition(":")
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        return LoRA(option)
+    return LoRA(name, weight) if name else LoRA(option)
 
 
 def check_before_loading(prompts: list[ImaginePrompt]) -> None:

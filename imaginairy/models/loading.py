@@ -7,15 +7,23 @@ from pathlib import Path
 
 import torch
 
-from imaginairy.errors import ModelLoadError, first_line
+from imaginairy.errors import IncompatibleModelError, ModelLoadError, first_line
 from imaginairy.models.registry import CONFIGS_DIR, ModelSpec
-from imaginairy.models.weights import load_state_dict, resolve_weights
+from imaginairy.models.weights import resolve_weights
 from imaginairy.modules.diffusion import TEXT_ENCODERS, LatentDiffusion, build_latent_diffusion
 
 logger = logging.getLogger(__name__)
 
-COMPONENT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
 UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+CONTEXT_DIM_CONFIGS = {768: "sd-v1", 1024: "sd-v2"}
+
+
+def _unet_context_dim(state_dict: dict) -> int | None:
+    unet_keys = (k for k in state_dict if k.startswith("model.diffusion_model."))
+    key = next((k for k in unet_keys if k.endswith("attn2.to_k.weight")), None)
+    return state_dict[key].shape[1] if key else None
 
 
 def load_model_config(path: str | Path) -> dict:
@@ -33,13 +41,46 @@ def load_model_config(path: str | Path) -> dict:
     return config
 
 
+def resolve_checkpoint(location: str) -> Path:
+    """The local path of a checkpoint: a diffusers-format folder (holding model_index.json) as it is, else the weights
+    file (downloaded if needed)."""
+    folder = Path(location).expanduser()
+    if folder.is_dir() and (folder / "model_index.json").is_file():
+        return folder
+    return resolve_weights(location)
+
+
+def checkpoint_architecture(state_dict: dict) -> str:
+    """The model family of a checkpoint's state dict, from its key names (as `aimg models` shows it)."""
+    from imaginairy.models.checkpoint_layouts import OTHER_ARCHITECTURE_KEYS
+
+    for marker, name in OTHER_ARCHITECTURE_KEYS.items():
+        if any(k.startswith(marker) for k in state_dict):
+            return name
+    inpainting = UNET_IN_KEY in state_dict and state_dict[UNET_IN_KEY].shape[1] == 9
+    if any(k.startswith("cond_stage_model.model.") for k in state_dict):
+        return "SD 2.x inpainting" if inpainting else "SD 2.x"
+    if any(k.startswith("cond_stage_model.transformer.") for k in state_dict) or UNET_IN_KEY in state_dict:
+        return "SD 1.x inpainting" if inpainting else "SD 1.x"
+    if any(k.startswith(("unet.", "down_blocks.")) for k in state_dict):
+        return "diffusers-named UNet"
+    return "unknown"
+
+
 def infer_config_path(state_dict: dict, weights_name: str) -> Path:
     """Pick the architecture family from the weights: text encoder kind and UNet input channels (9 = inpainting).
 
     Whether an SD 2 model predicts v or epsilon cannot be seen in its weights: files named like the 768px v model
     (containing "768") are taken as v prediction; for others give the config explicitly.
     """
+    from imaginairy.models.checkpoint_layouts import ema_unet_key
+
+    if UNET_IN_KEY not in state_dict and ema_unet_key(UNET_IN_KEY) in state_dict:  # an EMA-only file
+        state_dict = {**state_dict, UNET_IN_KEY: state_dict[ema_unet_key(UNET_IN_KEY)]}
+    architecture = checkpoint_architecture(state_dict)
     if UNET_IN_KEY not in state_dict:
+        if architecture != "unknown":
+            raise IncompatibleModelError(f"{weights_name} is a {architecture} model, which imaginairy does not load")
         raise ModelLoadError(f"{weights_name} is not a Stable Diffusion checkpoint (no {UNET_IN_KEY})")
     inpainting = state_dict[UNET_IN_KEY].shape[1] == 9
     if any(k.startswith("cond_stage_model.model.") for k in state_dict):
@@ -49,19 +90,33 @@ def infer_config_path(state_dict: dict, weights_name: str) -> Path:
             name = "sd-v2-v" if "768" in weights_name else "sd-v2"
     elif any(k.startswith("cond_stage_model.transformer.") for k in state_dict):
         name = "sd-v1-inpainting" if inpainting else "sd-v1"
+    elif _unet_context_dim(state_dict) in CONTEXT_DIM_CONFIGS:  # no text encoder in the file: the UNet tells
+        name = CONTEXT_DIM_CONFIGS[_unet_context_dim(state_dict)] + ("-inpainting" if inpainting else "")
     else:
         raise ModelLoadError(f"{weights_name}: unrecognised text encoder weights; pass --model-config with its yaml")
     logger.info("architecture of %s inferred as %s", weights_name, name)
     return CONFIGS_DIR / f"{name}.yaml"
 
 
-def load_diffusion_model(spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LatentDiffusion:
-    weights_path = resolve_weights(spec.weights)
-    state_dict = load_state_dict(weights_path)
+def load_diffusion_model(
+    spec: ModelSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae: str | None = None
+) -> LatentDiffusion:
+    """`vae`: a VAE file replacing the checkpoint's autoencoder (see models/vae.py); without one, a
+    `NAME.vae.safetensors` beside the checkpoint is used, as A1111 does."""
+    from imaginairy.models.checkpoint_layouts import completed_components, compvis_state_dict
+    from imaginairy.models.vae import sidecar_vae, vae_state_dict
+
+    weights_path = resolve_checkpoint(spec.weights)
+    state_dict = compvis_state_dict(weights_path)
     config_path = spec.config_path or infer_config_path(state_dict, weights_path.name)
     config = load_model_config(config_path)
     model = build_from_config(config, config_path)
-    component_weights = {k: v for k, v in state_dict.items() if k.startswith(COMPONENT_PREFIXES)}
+    vae = vae or sidecar_vae(weights_path)
+    if vae is not None:
+        logger.info("VAE from %s", vae)
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("first_stage_model.")}
+        state_dict.update(vae_state_dict(vae))
+    component_weights = completed_components(state_dict, model, config_path, weights_path.name)
     del state_dict
     for name, tensor in component_weights.items():  # one tensor at a time: each drops its mapped file pages
         component_weights[name] = weight_for_inference(tensor, dtype)

@@ -56,6 +56,8 @@ def resolve_model(model: str, model_config: str | os.PathLike | None = None) -> 
     if model.startswith(("hf://", "https://", "http://")):
         return ModelSpec(name=_stem(model), weights=model, config_path=config_path)
     path = Path(model).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():  # a diffusers-format folder
+        return ModelSpec(name=path.name, weights=str(path), config_path=config_path)
     if path.is_file():
         sidecar = path.with_suffix(".yaml")
         if config_path is None and sidecar.is_file():

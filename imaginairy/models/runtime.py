@@ -42,18 +42,20 @@ def resolve_runtime_settings(prompt: ImaginePrompt, device) -> ImaginePrompt:
 def load_model(prompt: ImaginePrompt, device, cache: ModelCache) -> LatentDiffusion:
     """The prompt's model from the cache (loaded on a miss), its weights in the dtype of the resolved precision;
     memory mode "low" keeps it on the CPU, the pipeline moving each submodel to `device` while it runs."""
-    from imaginairy.models.loading import load_diffusion_model
+    from imaginairy.models.loading import load_diffusion_model, resolve_checkpoint
     from imaginairy.models.registry import resolve_model
-    from imaginairy.models.weights import resolve_weights
 
     spec = resolve_model(prompt.model, prompt.model_config)
     dtype = PRECISION_DTYPES[resolve_runtime_settings(prompt, device).precision]
     if offloads(prompt.memory_mode):
         device = "cpu"
-    key = (spec.weights, str(spec.config_path), str(device), dtype)
+    key = (spec.weights, str(spec.config_path), str(device), dtype, prompt.vae)
     # the weights file's size bounds the loaded model's (a float32 file loaded in 16 bits takes half)
-    expected_bytes = resolve_weights(spec.weights).stat().st_size
-    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype), expected_bytes)
+    checkpoint = resolve_checkpoint(spec.weights)
+    expected_bytes = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() \
+        else checkpoint.stat().st_size  # fmt: skip
+    return cache.get(key, lambda: load_diffusion_model(spec, device=device, dtype=dtype, vae=prompt.vae),
+                     expected_bytes)
 
 
 @contextlib.contextmanager

@@ -114,6 +114,38 @@ class CLIPTextEncoder(nn.Module):
         token_ids = tokenize(texts, pad_token=self.pad_token, max_length=self.context_length)
         return self.encode_tokens(token_ids.to(device))
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The table of input token vectors (where textual-inversion vectors go)."""
+        return self.transformer.text_model.embeddings.token_embedding
+
+    @property
+    def max_clip_skip(self) -> int:
+        """The largest clip skip this encoder takes: every layer with layer="last", none with a fixed hidden layer."""
+        return len(self.transformer.text_model.encoder.layers) if self.layer == "last" else 1
+
+    def encode_token_embeddings(self, token_embeddings: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        """Input token vectors [batch, 77, hidden_size] (the token table's rows, or textual-inversion vectors) ->
+        hidden states, as `encode_tokens` computes them from ids.
+
+        `clip_skip` (A1111's "Clip skip", layer="last" only): 1 is the last layer; N > 1 stops N - 1 layers before
+        the end, i.e. `hidden_states[-N]`, then applies the final layer norm, as A1111 and diffusers do.
+        """
+        if not 1 <= clip_skip <= self.max_clip_skip:
+            raise ValueError(f"clip_skip must be from 1 to {self.max_clip_skip} for this encoder, got {clip_skip}.")
+        text_model = self.transformer.text_model
+        layers = text_model.encoder.layers
+        if self.layer == "hidden":
+            layers_run = self.layer_idx % (len(layers) + 1)  # hidden_states[i] is the output of layer i
+        else:
+            layers_run = len(layers) - (clip_skip - 1)
+        x = text_model.embeddings(inputs_embeds=token_embeddings)
+        length = x.shape[1]  # causal: a token attends to itself and earlier ones (boolean, so any autocast dtype)
+        mask = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()[None, None]
+        for layer in layers[:layers_run]:
+            x = layer(x, mask)
+        return x if self.layer == "hidden" else text_model.final_layer_norm(x)
+
 
 class OpenCLIPTextTower(nn.Module):
     """The text half of an OpenCLIP model, named exactly like the checkpoint's `cond_stage_model.model.*`.
@@ -151,6 +183,7 @@ class OpenCLIPTextEncoder(nn.Module):
     """
 
     pad_token = SD2_PAD_TOKEN
+    max_clip_skip = 1  # the layer is fixed by the model config ("penultimate" for SD 2.x)
 
     def __init__(
         self,
@@ -177,9 +210,20 @@ class OpenCLIPTextEncoder(nn.Module):
 
     def encode_tokens(self, token_ids: torch.LongTensor) -> torch.Tensor:
         """Token ids [batch, 77] -> hidden states [batch, 77, width]."""
+        return self.encode_token_embeddings(self.model.token_embedding(token_ids))
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The table of input token vectors (where textual-inversion vectors go)."""
+        return self.model.token_embedding
+
+    def encode_token_embeddings(self, token_embeddings: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        """Input token vectors [batch, 77, width] -> hidden states; this encoder's layer is fixed (clip_skip 1)."""
+        if clip_skip != 1:
+            raise ValueError(f"clip_skip must be 1 for the OpenCLIP encoder, got {clip_skip}.")
         model = self.model
-        length = token_ids.shape[1]
-        x = model.token_embedding(token_ids) + model.positional_embedding[:length]
+        length = token_embeddings.shape[1]
+        x = token_embeddings + model.positional_embedding[:length]
         mask = causal_attention_mask(length, x.dtype, x.device)
         blocks = model.transformer.resblocks
         if self.layer == "penultimate":

@@ -57,15 +57,27 @@ def weighted_prompt_text(weighted_prompts: list[dict]) -> str:
 
 
 def a1111_parameters(metadata: dict[str, Any]) -> str:
-    """The settings as AUTOMATIC1111 infotext: prompt line, optional "Negative prompt:" line, "Key: value" line."""
+    """The settings as AUTOMATIC1111 infotext: prompt line, optional "Negative prompt:" line, "Key: value" line.
+
+    With the files' hashes in `metadata` (imaginairy.api.resource_metadata), the resources are named as A1111 names
+    them, so model sites recognise them: "Model hash" (10 hex), "VAE hash" + "VAE" (the file name), "Lora hashes"
+    ("name: 12 hex, ..."), and each LoRA as a `<lora:name:weight>` tag at the end of the prompt.
+    """
     settings = {
         "Steps": metadata["steps"],
         "Sampler": A1111_SAMPLER_NAMES.get(metadata["sampler_type"], metadata["sampler_type"]),
         "CFG scale": f"{metadata['prompt_strength']:g}",
         "Seed": metadata["seed"],
         "Size": f"{metadata['width']}x{metadata['height']}",
-        "Model": metadata["model"],
     }
+    if metadata.get("model_file"):
+        settings["Model hash"] = metadata["model_file"]["hash"]
+    settings["Model"] = metadata["model"]
+    if metadata.get("vae_file"):
+        settings["VAE hash"] = metadata["vae_file"]["hash"]
+        settings["VAE"] = os.path.basename(metadata["vae_file"]["path"])
+    if (metadata.get("clip_skip") or 1) > 1:
+        settings["Clip skip"] = metadata["clip_skip"]
     if metadata.get("schedule", DEFAULT_SCHEDULE) != DEFAULT_SCHEDULE:
         settings["Schedule type"] = A1111_SCHEDULE_NAMES.get(metadata["schedule"], metadata["schedule"])
     if metadata.get("init_image") is not None:
@@ -76,14 +88,22 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
         settings["Tiling"] = "True"
     elif metadata.get("tile_mode"):
         settings["Tile mode"] = metadata["tile_mode"]
+    lora_files = metadata.get("lora_files") or []
+    if lora_files:
+        settings["Lora hashes"] = ", ".join(f"{_lora_tag_name(lora)}: {lora['hash']}" for lora in lora_files)
     settings["Version"] = f"imaginairy {metadata.get('imaginairy_version', 'unknown')}"
 
-    lines = [weighted_prompt_text(metadata["prompt"])]
+    tags = "".join(f"<lora:{_lora_tag_name(lora)}:{lora['weight']:g}>" for lora in lora_files)
+    lines = [" ".join(filter(None, (weighted_prompt_text(metadata["prompt"]), tags)))]
     negative = weighted_prompt_text(metadata["negative_prompt"])
     if negative:
         lines.append(f"Negative prompt: {negative}")
     lines.append(", ".join(f"{key}: {_quote_a1111_value(value)}" for key, value in settings.items()))
     return "\n".join(lines)
+
+
+def _lora_tag_name(lora: dict) -> str:
+    return lora["name"].replace(":", "").replace(",", "")  # as A1111 strips them from "Lora hashes" names
 
 
 def _quote_a1111_value(value: Any) -> str:

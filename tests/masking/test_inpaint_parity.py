@@ -58,8 +58,7 @@ def test_inpainting_model_matches_diffusers(tiny_models, sampler_type):
     edit = prepare_edit(prompt, model.settings.default_size)
     prompt = dataclasses.replace(prompt, width=edit.width, height=edit.height)
     with torch.inference_mode():
-        cond = pipeline.weighted_text_embedding(model, prompt.prompts)
-        uncond = pipeline.weighted_text_embedding(model, prompt.negative_prompts)
+        cond, uncond = (side.context for side in pipeline.text_conditioning(prompt, model, "cpu"))
         latent = pipeline.generate_latent(prompt, model, edit)
     noise = pipeline.initial_noise(torch.Generator().manual_seed(prompt.seed), SIZE, SIZE)
 

@@ -6,13 +6,11 @@ a tolerance of 1e-10 on activations of order 1 leaves room for that and nothing 
 transformers' SDPA attention because its eager attention takes the softmax in float32 (errors near 1e-7).
 """
 
-import gzip
-import json
 import logging
 
-import open_clip
 import pytest
 import torch
+from clip_reference import clip_tokenizer, load_flattened_clip_text_model
 from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -24,7 +22,6 @@ FLOAT64_TOLERANCE = 1e-10
 PROMPTS = ["a photo of an astronaut riding a horse", "Cyberpunk city, 8k; neon-lit streets & rain!", ""]
 TINY_CLIP = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 TINY_OPENCLIP = dict(width=32, layers=3, heads=4, output_dim=24)
-MERGE_COUNT = 49152 - 256 - 2  # what the CLIP vocabulary uses of the merges in its BPE file
 
 
 def randomize_weights(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -37,29 +34,9 @@ def randomize_weights(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def byte_to_unicode_table() -> list[str]:
-    """GPT-2/CLIP byte-level alphabet in vocabulary order: the printable bytes stand for themselves and come first,
-    then the other bytes, mapped to characters from U+0100 on."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [byte for byte in range(256) if byte not in printable]
-    return [chr(byte) for byte in printable] + [chr(256 + index) for index in range(len(others))]
-
-
 @pytest.fixture(scope="module")
 def hf_tokenizer(tmp_path_factory) -> CLIPTokenizer:
-    """The Hugging Face CLIP tokenizer over vocab/merges files written from open_clip's bundled BPE file."""
-    bpe_file = open_clip.tokenizer.default_bpe()
-    with gzip.open(bpe_file, "rt", encoding="utf-8") as lines:
-        merges = lines.read().split("\n")[1 : MERGE_COUNT + 1]
-    alphabet = byte_to_unicode_table()
-    tokens = alphabet + [symbol + "</w>" for symbol in alphabet] + ["".join(merge.split()) for merge in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder = tmp_path_factory.mktemp("clip-tokenizer")
-    vocab_file = folder / "vocab.json"
-    merges_file = folder / "merges.txt"
-    vocab_file.write_text(json.dumps({token: index for index, token in enumerate(tokens)}), encoding="utf-8")
-    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file))
+    return clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
 
 
 def test_tokenize_known_prompt():
@@ -105,15 +82,7 @@ def test_short_prompt_does_not_warn(caplog):
 
 def reference_clip_text_model(state_dict: dict) -> CLIPTextModel:
     config = CLIPTextConfig(**TINY_CLIP, hidden_act="quick_gelu", attn_implementation="sdpa")
-    return load_flattened_clip_text_model(CLIPTextModel(config), state_dict)
-
-
-def load_flattened_clip_text_model(model: CLIPTextModel, converted: dict) -> CLIPTextModel:
-    """transformers 5 flattened CLIPTextModel, so the `text_model.` prefix diffusers' conversion leaves is dropped,
-    as diffusers itself does when it builds the model."""
-    state_dict = {key.removeprefix("text_model."): value for key, value in converted.items()}
-    model.load_state_dict(state_dict, strict=True)
-    return model.double().eval()
+    return load_flattened_clip_text_model(CLIPTextModel(config), state_dict).double()
 
 
 def checkpoint_of(encoder: nn.Module) -> dict:
@@ -163,7 +132,7 @@ def diffusers_openclip_reference(encoder: OpenCLIPTextEncoder, layers_kept: int)
     model = CLIPTextModel(config)
     converted = convert_open_clip_checkpoint(model, checkpoint)
     converted.pop("text_projection.weight", None)
-    return load_flattened_clip_text_model(model, converted)
+    return load_flattened_clip_text_model(model, converted).double()
 
 
 @pytest.mark.parametrize(("layer", "layers_kept"), [("penultimate", 2), ("last", 3)])

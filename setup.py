@@ -12,7 +12,7 @@ setup(
     # not 3.13 yet: k-diffusion needs dctorch, which needs numpy<2, and numpy 1.x has no wheels for Python 3.13
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=("imaginairy", "imaginairy.*")),
-    package_data={"imaginairy": ["configs/*.yaml"]},
+    package_data={"imaginairy": ["configs/*.yaml", "server/web/*"]},
     include_package_data=True,
     entry_points={
         "console_scripts": [
@@ -49,6 +49,9 @@ setup(
         # face alignment and paste-back (facexlib needs it too)
         "opencv-python>=4.8,<4.12",  # 4.12 and later need numpy>=2 (see numpy above)
         "psutil>=5.9",
+        # the HTTP API and web page of `aimg server --http-port`
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
     ],
     extras_require={
         "test": [
@@ -59,6 +62,11 @@ setup(
             "scikit-image>=0.21",
             "hypothesis>=6.80",
             "ruff>=0.5",
+            # a real A1111 API client, the HTTP client of the native API tests, and the browser driver of the page
+            "webuiapi>=0.9.17",
+            "httpx>=0.27",
+            "selenium>=4.20",
+            "openapi-spec-validator>=0.7",
         ],
     },
 )

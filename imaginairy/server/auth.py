@@ -6,8 +6,21 @@ import hmac
 
 import grpc
 
+from imaginairy.errors import InvalidInputError
+
 AUTHORIZATION_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
+
+
+def check_credentials_config(access_token: str | None, api_auth: str | None) -> None:
+    """InvalidInputError for credentials that would open the server by mistake (an empty token) or are malformed."""
+    if access_token is not None and not access_token.strip():
+        raise InvalidInputError("The access token is empty, which would let everyone in; give a non-empty token "
+                                "or none.")
+    if api_auth is not None:
+        user, colon, password = api_auth.partition(":")
+        if not colon or not user or not password:
+            raise InvalidInputError("--api-auth must be user:password, both non-empty.")
 
 
 def is_authorized(metadata, token: str) -> bool:

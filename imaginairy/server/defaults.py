@@ -10,3 +10,6 @@ MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 MAX_ANSWER_IMAGE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 TOKEN_ENV = "IMAGINAIRY_SERVER_TOKEN"
 VRAM_MODES = MEMORY_MODES  # --vram-mode takes the library's memory modes
+DEFAULT_HTTP_PORT = 7860  # A1111's port, where its clients look first
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # one HTTP request: base64 images are 4/3 of their files
+DEFAULT_PREVIEW_EVERY = 2  # sampler steps between two live previews; 0: none

@@ -84,4 +84,5 @@ def describe_model(engine: Engine) -> str:
     if engine.description:
         return engine.description
     spec = registered_models().get(engine.model)
-    return spec.description if spec else f"weights file {engine.model}"
+    # the file's name only: server-side paths are not shown to clients
+    return spec.description if spec else f"weights file {Path(engine.model).name}"

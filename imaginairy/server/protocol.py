@@ -19,7 +19,16 @@ from stability_sdk.interfaces.gooseai.generation import generation_pb2 as genera
 from imaginairy.errors import InvalidInputError
 from imaginairy.schema import ImaginePrompt
 from imaginairy.server.defaults import MAX_ANSWER_IMAGE_BYTES
-from imaginairy.utils.images import eight_bit
+from imaginairy.server.limits import (
+    MAX_SAMPLES,
+    MAX_SIDE,
+    MIN_SIDE,
+    SEED_MODULUS,
+    SIZE_MULTIPLE,
+    check_prompt_text,
+    check_side,
+    check_steps,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,16 +54,10 @@ SAMPLERS = {
     generation.SAMPLER_K_DPMPP_SDE: "k_dpmpp_sde",
 }
 
-# Limits of one request; what the library itself accepts is wider, the server keeps one request's cost bounded.
-MAX_SIDE = 2048
-MIN_SIDE = 64
-SIZE_MULTIPLE = 8
-MAX_STEPS = 150
-MAX_SAMPLES = 10
-MAX_INPUT_IMAGE_PIXELS = 4096 * 4096
 MAX_SCHEDULE_START = 2.0
-SEED_MODULUS = 2**32  # Artifact.seed is a uint32
 PNG_MIME = "image/png"
+LARGEST_DEFAULT_SIDE = 1024  # no model's default size is larger (SDXL)
+METADATA_OVERHEAD_BYTES = 8192  # the settings besides the prompt, in both formats
 
 
 
@@ -68,9 +71,52 @@ class ImageInputs:
     mask_image: Image.Image | None = None
 
 
+# The request fields this server carries out (paths of set fields); any other set field is refused by name.
+SERVED_FIELDS = {
+    "engine_id", "request_id", "requested_type", "prompt", "prompt.text", "prompt.tokens", "prompt.parameters",
+    "prompt.parameters.weight", "prompt.artifact", "prompt.artifact.type", "prompt.artifact.binary",
+    "prompt.artifact.mime", "prompt.artifact.id", "prompt.artifact.index", "prompt.artifact.uuid",
+    "prompt.artifact.size", "prompt.artifact.magic",
+    "image", "image.height", "image.width", "image.seed", "image.samples", "image.steps", "image.transform",
+    "image.transform.diffusion", "image.transform.upscaler", "image.parameters", "image.parameters.sampler",
+    "image.parameters.sampler.cfg_scale", "image.parameters.sampler.eta", "image.parameters.schedule",
+    "image.parameters.schedule.start", "image.parameters.schedule.end",
+    # masked areas start from the original image (MASKED_AREA_INIT_ORIGINAL); api.Context.inpaint sends ZERO by
+    # default, and at full strength (schedule.start 1) the two are the same
+    "image.masked_area_init",
+    # StabilityInference always sends an adapter message; only adapter_type (left at T2IADAPTER_NONE) turns it on
+    "image.adapter", "image.adapter.adapter_strength", "image.adapter.adapter_init_type",
+    "extras",  # api.Context always sends an empty Struct; its fields (style presets) are not served
+}
+# schedule.end: the fraction of noise left at the last step; the samplers here always run to the end, which is what
+# stability-sdk's default end (0.01) asks for
+MAX_SCHEDULE_END = 0.01
+
+
+def check_served_fields(message, path: str = "") -> None:
+    """BadRequest naming the first set field of `message` (a Request) that this server does not carry out."""
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        if name not in SERVED_FIELDS:
+            raise BadRequest(f"Request field {name} is not supported by this server; leave it unset.")
+        if name == "image.parameters" and len(value) > 1:
+            raise BadRequest(f"image.parameters has {len(value)} step parameters; this server runs one step "
+                             "parameter (send a single StepParameter).")
+        if field.message_type is None:
+            continue
+        for item in value if field.label == field.LABEL_REPEATED else [value]:
+            check_served_fields(item, f"{name}.")
+    if path == "image.parameters.":
+        schedule = message.schedule
+        if schedule.HasField("end") and not 0 <= schedule.end <= MAX_SCHEDULE_END:
+            raise BadRequest(f"image.parameters.schedule.end={schedule.end:g} is not supported; this server always "
+                             f"samples to the end (leave it unset, or at most {MAX_SCHEDULE_END}).")
+
+
 def request_to_prompts(request: generation.Request, engine: Engine) -> list[ImaginePrompt]:
     """One `ImaginePrompt` per requested sample, in sample order, for the model `engine` names."""
     check_request_kind(request)
+    check_served_fields(request)
     texts = text_prompts(request.prompt)
     images = image_inputs(request.prompt)
     if not any(text for text, weight in texts if weight > 0) and images.init_image is None:
@@ -90,9 +136,23 @@ def request_to_prompts(request: generation.Request, engine: Engine) -> list[Imag
         **strength_settings(step, images),
     }
     if image.HasField("steps"):
-        settings["steps"] = checked_steps(image.steps)
+        settings["steps"] = check_steps(image.steps)
     seeds = sample_seeds(list(image.seed), image.samples if image.HasField("samples") else None)
-    return [ImaginePrompt(**settings, seed=seed) for seed in seeds]
+    prompts = [ImaginePrompt(**settings, seed=seed) for seed in seeds]
+    check_answer_fits(prompts[0].width or LARGEST_DEFAULT_SIDE, prompts[0].height or LARGEST_DEFAULT_SIDE,
+                      sum(len(text) for text, _ in texts))
+    return prompts
+
+
+def check_answer_fits(width: int, height: int, prompt_chars: int, budget: int = MAX_ANSWER_IMAGE_BYTES) -> None:
+    """BadRequest, before any work, when one answer's PNG could exceed what a message holds: the PNG of noise at
+    that size (a byte per channel and row filter, deflate's stored-block overhead) plus metadata that embeds the
+    prompt twice (as our JSON and as A1111 infotext, up to 6 UTF-8 bytes per escaped character)."""
+    worst_png = height * (width * 3 + 1) * 1.001 + 1024
+    worst_metadata = 2 * 6 * prompt_chars + METADATA_OVERHEAD_BYTES
+    if worst_png + worst_metadata > budget:
+        raise BadRequest(f"A {width}x{height} image with a {prompt_chars}-character prompt may not fit in one answer "
+                         f"({budget} bytes); ask for a smaller size or a shorter prompt.")
 
 
 def check_request_kind(request: generation.Request) -> None:
@@ -113,6 +173,7 @@ def text_prompts(prompts) -> list[tuple[str, float]]:
             raise BadRequest("Token prompts are not supported; send the prompt as text.")
         if kind != "text":
             continue
+        check_prompt_text(prompt.text, "A text prompt")
         weight = prompt.parameters.weight if prompt.parameters.HasField("weight") else 1.0
         if weight == 0:
             raise BadRequest(f"Prompt {prompt.text!r} has weight 0; use a positive weight, or a negative one for a "
@@ -152,23 +213,11 @@ def image_inputs(prompts) -> ImageInputs:
 
 
 def decode_image(artifact: generation.Artifact, what: str) -> Image.Image:
-    from PIL import Image
+    from imaginairy.server.images import open_image_bytes
 
     if artifact.WhichOneof("data") != "binary":
         raise BadRequest(f"The {what} must be sent as image file bytes (Artifact.binary), e.g. PNG.")
-    try:
-        img = Image.open(io.BytesIO(artifact.binary))
-        width, height = img.size
-        if width * height > MAX_INPUT_IMAGE_PIXELS:
-            raise BadRequest(f"The {what} is {width}x{height}px, larger than this server accepts "
-                             f"({MAX_INPUT_IMAGE_PIXELS} pixels).")
-        img.load()
-        img = eight_bit(img)
-    except BadRequest:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadRequest(f"The {what} bytes are not a readable image ({e}); send a PNG or JPEG file.") from e
-    return img
+    return open_image_bytes(artifact.binary, f"The {what}")
 
 
 def size_settings(image: generation.ImageParameters, init_image: Image.Image | None) -> dict:
@@ -176,24 +225,13 @@ def size_settings(image: generation.ImageParameters, init_image: Image.Image | N
     settings = {}
     for field in ("width", "height"):
         if image.HasField(field):
-            settings[field] = checked_side(getattr(image, field), field)
+            settings[field] = check_side(getattr(image, field), field)
         elif init_image is not None:
             side = init_image.width if field == "width" else init_image.height
             settings[field] = max(MIN_SIDE, min(MAX_SIDE, side // SIZE_MULTIPLE * SIZE_MULTIPLE))
     return settings
 
 
-def checked_side(value: int, field: str) -> int:
-    if value % SIZE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
-        raise BadRequest(f"{field} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIDE} to {MAX_SIDE} pixels, "
-                         f"got {value}.")
-    return value
-
-
-def checked_steps(value: int) -> int:
-    if not 1 <= value <= MAX_STEPS:
-        raise BadRequest(f"steps must be from 1 to {MAX_STEPS}, got {value}.")
-    return value
 
 
 def sample_seeds(seeds: list[int], samples: int | None) -> list[int | None]:
@@ -206,7 +244,8 @@ def sample_seeds(seeds: list[int], samples: int | None) -> list[int | None]:
         raise BadRequest(f"{len(seeds)} seeds were sent for {samples} samples; send at most one seed per sample.")
     if not seeds:
         return [None] * samples
-    continued = [(seeds[-1] + offset) % SEED_MODULUS for offset in range(1, samples - len(seeds) + 1)]
+    # counting on from the last seed within 1..2**32-1: 0 means "random", so 4294967295 is followed by 1
+    continued = [(seeds[-1] - 1 + offset) % (SEED_MODULUS - 1) + 1 for offset in range(1, samples - len(seeds) + 1)]
     if seeds[-1] == 0:
         continued = [0] * len(continued)
     return [seed or None for seed in seeds + continued]

@@ -42,9 +42,18 @@ class Job:
     label: str = ""
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     events: queue.Queue = dataclasses.field(default_factory=queue.Queue)
+    # work other than generating `prompts` (upscaling, captioning) to run on the device worker; its return value is
+    # posted as the job's one IMAGE event
+    task: Callable[[], Any] | None = None
 
     def post(self, kind: str, value: Any = None) -> None:
         self.events.put((kind, value))
+
+    def on_start(self) -> None:
+        """Called by the worker when the job leaves the queue for the device."""
+
+    def on_step(self, image_index: int, step: int, total: int | None, latents) -> None:
+        """Called by the worker after every sampler step of the job's image `image_index` (from 0)."""
 
 
 class GenerationQueue:
@@ -87,9 +96,19 @@ class GenerationQueue:
                 return
         job.cancel_event.set()
 
+    def running(self) -> Job | None:
+        """The job on the device now, if any."""
+        with self._changed:
+            return self._running
+
     def stats(self) -> dict[str, int]:
         with self._changed:
             return {"running": int(self._running is not None), "waiting": len(self._waiting)}
+
+    @property
+    def closed(self) -> bool:
+        with self._changed:
+            return self._closed
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, tell the waiting ones the server is closing, cancel the running one, stop the worker."""
@@ -116,6 +135,7 @@ class GenerationQueue:
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
             try:
+                job.on_start()
                 self._run_job(job)
             except Exception as e:  # a failing job must never stop the worker
                 logger.exception("request %s failed", job.label)

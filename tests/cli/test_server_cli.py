@@ -81,3 +81,11 @@ def test_port_in_use_is_reported(engines_file):
         result = CliRunner().invoke(server_cmd, ["--port", str(port), "--engines-config", str(engines_file)])
     assert result.exit_code == 2 and "Cannot listen" in result.output
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("arguments", [["--access-token", ""], ["--http-port", "0", "--api-auth", "nopassword"],
+                                       ["--no-grpc"]])
+def test_refuses_to_start_open_by_mistake(engines_file, arguments):
+    result = CliRunner().invoke(server_cmd, ["--port", "0", "--engines-config", str(engines_file), *arguments])
+    assert result.exit_code == 2
+    assert ("empty" in result.output or "user:password" in result.output or "Nothing to serve" in result.output)

@@ -52,3 +52,20 @@ def server(make_server):
 def stub(server):
     with grpc.insecure_channel(server.address) as channel:
         yield generation_pb2_grpc.GenerationServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def http_api(make_server, tmp_path_factory):
+    """A server speaking both protocols on one queue: gRPC and HTTP (A1111 routes, jobs, gallery in `outdir`)."""
+    outdir = tmp_path_factory.mktemp("server-outputs")
+    running = make_server(max_queue=16, http_port=0, outdir=str(outdir), preview_every=1)
+    running.outdir = outdir
+    return running
+
+
+@pytest.fixture
+def webui(http_api):
+    """The real A1111 client from PyPI, pointed at the HTTP server."""
+    import webuiapi
+
+    return webuiapi.WebUIApi(host="127.0.0.1", port=http_api.http_port, sampler="Euler", steps=1)

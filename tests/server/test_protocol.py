@@ -26,7 +26,8 @@ def request(**image_fields) -> generation.Request:
     ([5], 3, [5, 6, 7]),
     ([5, 9], None, [5, 9]),
     ([5, 9], 4, [5, 9, 10, 11]),
-    ([2**32 - 1], 2, [2**32 - 1, None]),  # wraps to 0, which means random
+    ([2**32 - 1], 2, [2**32 - 1, 1]),  # wraps past 0 (which means random) to 1
+    ([2**32 - 2], 3, [2**32 - 2, 2**32 - 1, 1]),
 ])
 def test_sample_seeds(seeds, samples, expected):
     assert sample_seeds(seeds, samples) == expected

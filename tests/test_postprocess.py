@@ -135,11 +135,13 @@ def test_face_fixing_gets_the_prompts_fidelity_and_its_image_is_the_final_one(mo
     assert images["face_fixed"].getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_setting(tmp_path):
+def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_setting(tmp_path, monkeypatch):
     """Offline with nothing cached: the model, the upscaler, both face models, BLIP, CLIPSeg and the safety checker
     (mode filter) are all named at once, each with the setting that points at a local copy."""
     from click.testing import CliRunner
     from PIL import Image
+
+    monkeypatch.setenv("IMAGINAIRY_CACHE_DIR", str(tmp_path / "empty-cache"))  # other tests seed the shared one
 
     from imaginairy.cli.imagine import imagine_cmd
 

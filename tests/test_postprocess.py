@@ -143,6 +143,8 @@ def test_every_missing_file_of_a_run_is_named_in_one_error_with_its_local_copy_s
     from click.testing import CliRunner
     from PIL import Image
 
+    monkeypatch.setenv("IMAGINAIRY_CACHE_DIR", str(tmp_path / "empty-cache"))  # other tests seed the shared one
+
     from imaginairy.cli.imagine import imagine_cmd
 
     Image.new("RGB", (64, 64)).save(tmp_path / "init.png")

@@ -8,6 +8,7 @@ import click
 
 from imaginairy.cli.control import CONTROL_OPTIONS, control_inputs, control_options
 from imaginairy.cli.errors import reported_errors
+from imaginairy.samplers.table import SCHEDULES
 from imaginairy.schema import (
     DEFAULT_EDIT_MODEL,
     DEFAULT_MODEL,
@@ -79,8 +80,11 @@ class ImagineCommand(click.Command):
 @click.option("-w", "--width", type=int, help="Image width in pixels, a multiple of 8 [default: the model's].")
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
 @click.option("--seed", type=int, help="Random seed, 0 <= SEED < 2**64 [default: random].")
-@click.option("--sampler-type", type=click.Choice(SAMPLER_TYPES), default=DEFAULTS["sampler_type"],
-              show_default=True, help="The sampling algorithm.")
+@click.option("--sampler-type", default=DEFAULTS["sampler_type"], show_default=True, metavar="NAME",
+              help=f"The sampling algorithm: {', '.join(SAMPLER_TYPES)}, or an AUTOMATIC1111 name such as "
+              '"DPM++ 2M Karras" or "Euler a".')
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS["schedule"], show_default=True,
+              help="The noise levels the k-samplers step through (uniform: the model's own timesteps).")
 @click.option("--ddim-eta", type=float, default=DEFAULTS["ddim_eta"], show_default=True,
               help="Noise added per DDIM step (0 = deterministic DDIM).")
 @click.option("--tile", "tile_mode", flag_value="xy", help="Make an image that tiles in both directions.")

@@ -221,6 +221,29 @@ def test_every_option_reaches_the_prompt(monkeypatch, tmp_path):
     assert {name: getattr(seen[1], name) for name in ImaginePrompt.defaults()} == vars(expected)
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--sampler-type", "DPM++ 2M Karras"], ("k_dpmpp_2m", "karras")),
+    (["--sampler-type", "Euler a"], ("k_euler_a", "uniform")),
+    (["--sampler-type", "k_euler", "--schedule", "exponential"], ("k_euler", "exponential")),
+])  # fmt: skip
+def test_a1111_sampler_names_and_schedules_reach_the_prompt(monkeypatch, args, expected):
+    seen = capture_prompts(monkeypatch)
+    result = CliRunner().invoke(imagine_cmd, ["a dog", *args])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].sampler_type, seen[0].schedule) == expected
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sampler-type", "bogus"], "sampler_type 'bogus' is not supported"),
+    (["--sampler-type", "ddim", "--schedule", "karras"], "applies to the k-samplers only"),
+    (["--schedule", "sideways"], "Invalid value for '--schedule'"),
+])  # fmt: skip
+def test_bad_sampler_or_schedule_is_a_usage_error(args, message):
+    result = CliRunner().invoke(imagine_cmd, ["a dog", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
 def test_quiet_still_says_where_the_images_went_and_sums_up(tiny_models, tmp_path):
     outdir = tmp_path / "out"
     result = CliRunner().invoke(imagine_cmd, ["a dog", "a cat", "--model", str(tiny_models["tiny-sd15"]), "--steps",

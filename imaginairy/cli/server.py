@@ -30,6 +30,9 @@ from imaginairy.server.defaults import (
               help="Let web pages from ORIGIN (e.g. https://example.org) call the HTTP API; repeatable. Default: none.")
 @click.option("--outdir", type=click.Path(file_okay=False),
               help="Folder where HTTP jobs save their images; the web page's gallery shows it.")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="Folder with checkpoints/, loras/, embeddings/, vae/: <lora:NAME> and embedding names in prompts "
+                   "resolve there, and /sdapi/v1/loras and /embeddings list it [default: $IMAGINAIRY_MODELS_DIR].")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.01), default=DEFAULT_MAX_BODY_BYTES / 2**20,
               show_default=True, help="Largest HTTP request body (base64 images are 4/3 of their files).")
 @click.option("--preview-every", type=click.IntRange(min=0), default=DEFAULT_PREVIEW_EVERY, show_default=True,
@@ -47,7 +50,7 @@ from imaginairy.server.defaults import (
 @click.option("--no-metadata", is_flag=True, help="Do not embed the generation settings in the PNGs sent back.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-def server_cmd(host, port, http_port, no_grpc, api_auth, cors_origins, outdir, max_body_mb, preview_every,
+def server_cmd(host, port, http_port, no_grpc, api_auth, cors_origins, outdir, models_dir, max_body_mb, preview_every,
                engines_config, access_token, max_queue, vram_mode, device, no_metadata, log_level):
     """Serve the Stability-AI gRPC generation API (stability-sdk clients work unchanged) and, with --http-port, the
     AUTOMATIC1111-compatible HTTP API and a web page, until Ctrl-C.
@@ -73,6 +76,7 @@ def server_cmd(host, port, http_port, no_grpc, api_auth, cors_origins, outdir, m
             api_auth=api_auth,
             cors_origins=cors_origins,
             outdir=outdir,
+            models_dir=models_dir,
             max_body_bytes=int(max_body_mb * 2**20),
             preview_every=preview_every,
             engines_config=engines_config,

@@ -32,6 +32,7 @@ from imaginairy.server.service import (
     engines_service_handler,
     run_generation,
 )
+from imaginairy.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ServerConfig:
     api_auth: str | None = None  # "user:password": HTTP Basic on every HTTP route
     cors_origins: tuple[str, ...] = ()
     outdir: str | None = None  # where HTTP jobs save their images; the web page's gallery
+    models_dir: str | None = None  # the models folder (imaginairy.models.library); None: $IMAGINAIRY_MODELS_DIR
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     preview_every: int = DEFAULT_PREVIEW_EVERY
 
@@ -93,8 +95,10 @@ def start_server(config: ServerConfig) -> RunningServer:
     check_config(config)
     engines = load_engines(config.engines_config)
     device = _torch_device(config.device)
+    models_dir = config.models_dir or Settings.from_environment().models_dir
     generation_queue = GenerationQueue(
-        lambda job: run_generation(job, device=device, model_cache=config.model_cache, memory_mode=config.vram_mode),
+        lambda job: run_generation(job, device=device, model_cache=config.model_cache, memory_mode=config.vram_mode,
+                                   models_dir=models_dir),
         config.max_queue,
     )
     http_service = None
@@ -104,7 +108,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         http_service = HttpService(engines, generation_queue, HttpSettings(
             access_token=config.access_token, api_auth=config.api_auth, cors_origins=tuple(config.cors_origins),
             outdir=config.outdir, max_body_bytes=config.max_body_bytes, preview_every=config.preview_every,
-            embed_metadata=config.embed_metadata))
+            embed_metadata=config.embed_metadata, models_dir=models_dir))
     server, port = (_grpc_server(config, engines, generation_queue) if config.grpc else (None, None))
     generation_queue.start()
     http = None

@@ -54,10 +54,12 @@ class RequestFailed(Exception):
         self.message = message
 
 
-def run_generation(job: jobs.Job, *, device=None, model_cache=None, memory_mode: str = "high") -> None:
+def run_generation(job: jobs.Job, *, device=None, model_cache=None, memory_mode: str = "high",
+                   models_dir: str | None = None) -> None:
     """Generate the job's prompts in order, posting each result, then DONE (or the error that stopped it).
 
-    `memory_mode` is the server's --vram-mode (high, mid, low), applied to every prompt (see ImaginePrompt)."""
+    `memory_mode` is the server's --vram-mode (high, mid, low), applied to every prompt (see ImaginePrompt);
+    `models_dir` is where LoRA, embedding, VAE and checkpoint names resolve."""
     from imaginairy.api import imagine
 
     if job.cancel_event.is_set():
@@ -74,7 +76,7 @@ def run_generation(job: jobs.Job, *, device=None, model_cache=None, memory_mode:
 
     try:
         for result in imagine(prompts, device=device, cancel_event=job.cancel_event, model_cache=model_cache,
-                              progress_callback=on_step):
+                              progress_callback=on_step, models_dir=models_dir):
             done[0] += 1
             job.post(jobs.IMAGE, result)
     except Exception as e:  # every failure goes back to the request that caused it, never to the next one

@@ -242,3 +242,28 @@ def test_webuiapi_defaults_are_accepted_as_off(http_api):
     client.txt2img(prompt="a dog", width=SIZE, height=SIZE)  # raises on any non-200 answer
     client.img2img(images=[Image.new("RGB", (SIZE, SIZE))], mask_image=Image.new("L", (SIZE, SIZE), 255),
                    prompt="a dog", width=SIZE, height=SIZE)
+
+
+def test_models_folder_loras_and_embeddings_are_listed_and_loras_used(make_server, tiny_loras, tiny_embeddings, tmp_path):
+    import shutil
+
+    import webuiapi
+
+    models_dir = tmp_path / "models"
+    (models_dir / "loras").mkdir(parents=True)
+    (models_dir / "embeddings").mkdir()
+    shutil.copy(tiny_loras["kohya-sd15"], models_dir / "loras" / "add_detail.safetensors")
+    shutil.copy(tiny_embeddings["tinycat"], models_dir / "embeddings")
+    running = make_server(http_port=0, models_dir=str(models_dir), grpc=False)
+    webui = webuiapi.WebUIApi(host="127.0.0.1", port=running.http_port, sampler="Euler", steps=1)
+
+    assert [lora["name"] for lora in webui.get_loras()] == ["add_detail"]
+    assert str(tmp_path) not in json.dumps(webui.get_loras())  # names only, never server-side paths
+    assert list(webui.get_embeddings()["loaded"]) == ["tinycat"]
+
+    def generate(prompt):
+        return webui.txt2img(prompt=prompt, seed=3, steps=2, width=SIZE, height=SIZE)
+
+    plain, with_lora = generate("a tinycat"), generate("a tinycat <lora:add_detail:1>")
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(with_lora.image))
+    assert 'Lora hashes: "add_detail: ' in with_lora.image.info["parameters"]

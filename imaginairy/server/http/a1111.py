@@ -434,6 +434,23 @@ def router(service: HttpService) -> APIRouter:
         return [{"name": name, "model_name": ours if ours == "realesrgan" else None, "model_path": None,
                  "model_url": None, "scale": scale} for name, (ours, scale) in UPSCALERS.items()]
 
+    @api.get("/loras")
+    def loras():
+        return [{"name": name, "alias": name, "path": name, "metadata": {}} for name in library_names("loras")]
+
+    @api.get("/embeddings")
+    def embeddings():
+        """A1111's shape; the embeddings are checked when a prompt uses them, so all are "loaded" here."""
+        return {"loaded": {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                                  "vectors": None} for name in library_names("embeddings")}, "skipped": {}}
+
+    def library_names(kind: str) -> list[str]:
+        """The names of the models folder's files of one kind (never their server-side paths)."""
+        from imaginairy.models import library
+
+        root = library.models_dir(service.settings.models_dir)
+        return [library.file_name(kind, root, path) for path in library.list_files(kind, root)]
+
     @api.get("/options")
     def get_options():
         return {"sd_model_checkpoint": service.current_engine.id, "samples_format": "png"}

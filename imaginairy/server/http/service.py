@@ -35,6 +35,7 @@ class HttpSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     preview_every: int = DEFAULT_PREVIEW_EVERY
     embed_metadata: bool = True
+    models_dir: str | None = None  # listed by /sdapi/v1/loras and /embeddings
 
 
 class HttpService:

@@ -198,7 +198,19 @@ def resource_metadata(prompt: ImaginePrompt) -> dict:
          "hash": file_hashes(lora.path_or_name).lora_hash, "sha256": file_hashes(lora.path_or_name).sha256}
         for lora in prompt.loras
     ]  # fmt: skip
+    resources["embedding_files"] = [
+        {"path": str(embedding.path), "name": embedding.name, "hash": file_hashes(embedding.path).embedding_hash,
+         "sha256": file_hashes(embedding.path).sha256}
+        for embedding in triggered_embeddings(prompt)
+    ]  # fmt: skip
     return resources
+
+
+def triggered_embeddings(prompt: ImaginePrompt) -> list:
+    """The textual-inversion embeddings the prompt's texts (positive and negative) trigger."""
+    from imaginairy.prompts.embeddings import find_embeddings
+
+    return find_embeddings([wp.text for wp in (*prompt.prompts, *prompt.negative_prompts)], prompt.embeddings)
 
 
 def normalize_prompts(prompts) -> list[ImaginePrompt]:

@@ -20,6 +20,7 @@ from imaginairy.modules.diffusion import LatentDiffusion
 from imaginairy.modules.layers import set_tile_mode
 from imaginairy.modules.tiling import UNTILED_MAX_LATENT_SIDE
 from imaginairy.prompts.conditioning import encode_conditioning
+from imaginairy.prompts.embeddings import find_embeddings
 from imaginairy.samplers import Conditioning, NoiseSchedule, sample
 from imaginairy.samplers.table import DEFAULT_SCHEDULE
 from imaginairy.schema import ImaginePrompt, ImagineResult, WeightedPrompt
@@ -271,6 +272,10 @@ def check_sdxl_inputs(model: LatentDiffusion, prompt: ImaginePrompt, init_image)
         )
     if prompt.clip_skip != 1:
         raise InvalidInputError("clip_skip is for SD 1.x models; SDXL always uses the penultimate layers (leave it 1)")
+    texts = [wp.text for wp in (*prompt.prompts, *prompt.negative_prompts)]
+    if prompt.embeddings and find_embeddings(texts, prompt.embeddings):
+        raise InvalidInputError("textual-inversion embeddings are not supported on SDXL models yet: take the "
+                                "embedding's name out of the prompt")
     area, trained = prompt.width * prompt.height, model.settings.default_size**2
     if not SDXL_AREA_RANGE[0] <= area / trained <= SDXL_AREA_RANGE[1]:
         logger.warning(

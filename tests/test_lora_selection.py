@@ -3,6 +3,7 @@ A1111 infotext and JSON record them; every bad input is one clear error."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import pytest
@@ -144,3 +145,7 @@ def test_embeddings_in_the_models_folder_are_triggered_by_name(tiny_models, tiny
     without = generate("a photo of tinycat", tiny_models, cache)
     assert from_folder.img.tobytes() == by_path.img.tobytes()
     assert from_folder.img.tobytes() != without.img.tobytes()
+    ti_hash = hashlib.sha256((models_dir / "embeddings" / "tinycat.pt").read_bytes()).hexdigest()[:12]
+    assert f'TI hashes: "tinycat: {ti_hash}"' in a1111_parameters(from_folder.metadata)
+    assert [e["name"] for e in from_folder.metadata["embedding_files"]] == ["tinycat"]
+    assert without.metadata["embedding_files"] == [] and "TI hashes" not in a1111_parameters(without.metadata)

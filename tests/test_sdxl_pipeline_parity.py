@@ -214,6 +214,16 @@ def test_sdxl_refuses_clip_skip(tiny_models):
         pipeline.generate_latent(pipeline.resolve_size(prompt, model), model)
 
 
+def test_sdxl_refuses_a_triggered_embedding(tiny_models, tiny_embeddings):
+    from imaginairy.errors import InvalidInputError
+
+    prompt = ImaginePrompt("a tinycat", model=str(tiny_models["tiny-sdxl"]), steps=1,
+                           embeddings=[tiny_embeddings["tinycat"]])
+    model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
+    with pytest.raises(InvalidInputError, match="embeddings are not supported on SDXL"):
+        pipeline.generate_latent(pipeline.resolve_size(prompt, model), model)
+
+
 def test_sdxl_checkpoint_without_text_encoders_is_one_clear_error(tiny_models, tmp_path):
     from imaginairy.errors import ModelLoadError
     from imaginairy.models.weights import load_state_dict, save_state_dict

@@ -111,6 +111,11 @@ class FileHashes:
         """A1111's "Lora hashes" entry (AutoV3 for .safetensors)."""
         return self.tensor_data_sha256[:LORA_HASH_DIGITS]
 
+    @property
+    def embedding_hash(self) -> str:
+        """A1111's "TI hashes" entry: the whole file's sha256, as many digits as a LoRA's (its `shorthash`)."""
+        return self.sha256[:LORA_HASH_DIGITS]
+
 
 def hash_cache_path() -> Path:
     from imaginairy.models.weights import weights_cache_dir

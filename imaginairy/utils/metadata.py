@@ -61,7 +61,7 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
 
     With the files' hashes in `metadata` (imaginairy.api.resource_metadata), the resources are named as A1111 names
     them, so model sites recognise them: "Model hash" (10 hex), "VAE hash" + "VAE" (the file name), "Lora hashes"
-    ("name: 12 hex, ..."), and each LoRA as a `<lora:name:weight>` tag at the end of the prompt.
+    ("name: 12 hex, ..."), "TI hashes" (the embeddings a prompt triggered, likewise), and each LoRA as a `<lora:name:weight>` tag at the end of the prompt.
     """
     settings = {
         "Steps": metadata["steps"],
@@ -90,10 +90,13 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
         settings["Tile mode"] = metadata["tile_mode"]
     lora_files = metadata.get("lora_files") or []
     if lora_files:
-        settings["Lora hashes"] = ", ".join(f"{_lora_tag_name(lora)}: {lora['hash']}" for lora in lora_files)
+        settings["Lora hashes"] = ", ".join(f"{_infotext_name(lora)}: {lora['hash']}" for lora in lora_files)
+    embedding_files = metadata.get("embedding_files") or []
+    if embedding_files:
+        settings["TI hashes"] = ", ".join(f"{_infotext_name(e)}: {e['hash']}" for e in embedding_files)
     settings["Version"] = f"imaginairy {metadata.get('imaginairy_version', 'unknown')}"
 
-    tags = "".join(f"<lora:{_lora_tag_name(lora)}:{lora['weight']:g}>" for lora in lora_files)
+    tags = "".join(f"<lora:{_infotext_name(lora)}:{lora['weight']:g}>" for lora in lora_files)
     lines = [" ".join(filter(None, (weighted_prompt_text(metadata["prompt"]), tags)))]
     negative = weighted_prompt_text(metadata["negative_prompt"])
     if negative:
@@ -102,8 +105,8 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _lora_tag_name(lora: dict) -> str:
-    return lora["name"].replace(":", "").replace(",", "")  # as A1111 strips them from "Lora hashes" names
+def _infotext_name(resource: dict) -> str:
+    return resource["name"].replace(":", "").replace(",", "")  # as A1111 strips them from "Lora hashes" names
 
 
 def _quote_a1111_value(value: Any) -> str:

@@ -15,6 +15,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, Union
 
 from imaginairy.errors import EmbeddingError, InvalidInputError
+from imaginairy.models.registry import model_prompt_defaults
 from imaginairy.modules.tile_modes import TILE_MODES
 from imaginairy.prompts.syntax import PROMPT_SYNTAXES
 from imaginairy.samplers.table import (
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 MASK_MODES = ("replace", "keep")
 DEFAULT_MODEL = "sd-1.5"
+# Fields whose default depends on the model: a registry entry's `prompt_defaults` (the Turbo models': 1 step, no
+# guidance, Euler ancestral) come first, these otherwise. A value the user gives always wins.
+MODEL_DEPENDENT_DEFAULTS = {"steps": 40, "prompt_strength": 7.5, "sampler_type": "k_dpmpp_2m"}
 DEFAULT_EDIT_MODEL = "sd-1.5-inpainting"  # the model when none is named and a mask or an outpaint spec is given
 # "auto": bf16 where the hardware computes it natively, else full (float32); resolved when the model is loaded.
 PRECISIONS = ("auto", "full", "autocast", "bf16", "fp16")
@@ -192,7 +196,7 @@ class ImaginePrompt:
 
     prompt: PromptInput = None
     negative_prompt: PromptInput = None
-    prompt_strength: float = 7.5
+    prompt_strength: float | None = None  # None: the model's default (registry), else MODEL_DEPENDENT_DEFAULTS
     init_image: Any = None
     init_image_strength: float = 0.2
     # inpainting / outpainting (imaginairy.masking.inpaint)
@@ -203,10 +207,10 @@ class ImaginePrompt:
     outpaint: str | None = None
     seamless_boost: float = 0.0
     seed: int | None = None
-    steps: int = 40
+    steps: int | None = None  # None: the model's default, as prompt_strength
     width: int | None = None
     height: int | None = None
-    sampler_type: str = "k_dpmpp_2m"
+    sampler_type: str | None = None  # None: the model's default, as prompt_strength
     schedule: str = DEFAULT_SCHEDULE
     ddim_eta: float = 0.0
     tile_mode: str = ""
@@ -229,6 +233,11 @@ class ImaginePrompt:
     control_inputs: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
+        named_model = self.model if isinstance(self.model, str) else None  # None: chosen by _check_edit_inputs
+        model_defaults = {**MODEL_DEPENDENT_DEFAULTS, **model_prompt_defaults(named_model)}
+        for name, default in model_defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         loras = _check_loras(self.loras)
         positive_given, loras_in_prompt = _without_lora_tags(_weighted_prompts(self.prompt, "prompt"))
         negative_given = _weighted_prompts(self.negative_prompt, "negative_prompt")
@@ -287,11 +296,12 @@ class ImaginePrompt:
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """The default value of every field, by field name (what the CLI shows and uses)."""
+        """The default value of every field, by field name (what the CLI shows and uses); for the fields of
+        MODEL_DEPENDENT_DEFAULTS, the value used when the model has no default of its own."""
         return {
             field.name: field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
             for field in dataclasses.fields(cls)
-        }
+        } | MODEL_DEPENDENT_DEFAULTS
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> ImaginePrompt:

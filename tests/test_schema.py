@@ -212,7 +212,7 @@ def test_steps_range_ends(steps):
     assert ImaginePrompt(steps=steps).steps == steps
 
 
-@pytest.mark.parametrize("steps", [0, -3, 1001, 10.0, "40", None, True])
+@pytest.mark.parametrize("steps", [0, -3, 1001, 10.0, "40", True])
 def test_bad_steps(steps):
     with pytest.raises(InvalidInputError, match=f"steps must be a whole number from 1 to 1000, got {steps!r}"):
         ImaginePrompt(steps=steps)
@@ -223,7 +223,7 @@ def test_prompt_strength_range(strength):
     assert ImaginePrompt(prompt_strength=strength).prompt_strength == strength
 
 
-@pytest.mark.parametrize("strength", [-0.1, 100.1, math.inf, math.nan, "7", None])
+@pytest.mark.parametrize("strength", [-0.1, 100.1, math.inf, math.nan, "7"])
 def test_bad_prompt_strength(strength):
     with pytest.raises(InvalidInputError, match=r"prompt_strength \(CFG scale\) must be a number from 0 to 100, got"):
         ImaginePrompt(prompt_strength=strength)
@@ -484,3 +484,16 @@ def test_embedding_paths_are_normalised_and_checked(tmp_path):
         ImaginePrompt("x", embeddings=[tmp_path / "missing.pt"])
     with pytest.raises(InvalidInputError, match="embeddings must be a path or a list of paths"):
         ImaginePrompt("x", embeddings=[3])
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("sdxl-turbo", {"steps": 1, "prompt_strength": 0.0, "sampler_type": "k_euler_a"}),
+    ("sd-turbo", {"steps": 1, "prompt_strength": 0.0, "sampler_type": "k_euler_a"}),
+    ("sd-1.5", {"steps": 40, "prompt_strength": 7.5, "sampler_type": "k_dpmpp_2m"}),
+    (None, {"steps": 40, "prompt_strength": 7.5, "sampler_type": "k_dpmpp_2m"}),
+])  # fmt: skip
+def test_unset_steps_guidance_and_sampler_come_from_the_model(model, expected):
+    prompt = ImaginePrompt("a fox", model=model)
+    assert {name: getattr(prompt, name) for name in expected} == expected
+    explicit = ImaginePrompt("a fox", model=model, steps=4, prompt_strength=1.5, sampler_type="ddim")
+    assert (explicit.steps, explicit.prompt_strength, explicit.sampler_type) == (4, 1.5, "ddim")

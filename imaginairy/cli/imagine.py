@@ -54,8 +54,9 @@ class ImagineCommand(click.Command):
 @click.option("--embeddings", "embeddings", multiple=True, type=click.Path(exists=True),
               help="A textual-inversion file or a folder of them; each is used where its file name appears in a "
               "prompt, e.g. easynegative in --negative-prompt. Repeatable.")
-@click.option("--prompt-strength", type=float, default=DEFAULTS["prompt_strength"], show_default=True,
-              help="How closely to follow the prompt (classifier-free guidance scale).")
+@click.option("--prompt-strength", type=float,
+              help="How closely to follow the prompt (classifier-free guidance scale) "
+              f"[default: the model's; else {DEFAULTS['prompt_strength']}].")
 @click.option("--init-image", help="Start from this image (a path or an http(s) URL) instead of pure noise.")
 @click.option("--init-image-strength", type=float, default=DEFAULTS["init_image_strength"], show_default=True,
               help="How much of the init image to keep: 0 ignores it, 1 returns it unchanged.")
@@ -78,11 +79,11 @@ class ImagineCommand(click.Command):
               help="How many images to make of each prompt (with --seed: seeds SEED, SEED+1, ...).")
 @click.option("-h", "--height", type=int, help="Image height in pixels, a multiple of 8 [default: the model's].")
 @click.option("-w", "--width", type=int, help="Image width in pixels, a multiple of 8 [default: the model's].")
-@click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
+@click.option("--steps", type=int, help=f"Sampler steps [default: the model's; else {DEFAULTS['steps']}].")
 @click.option("--seed", type=int, help="Random seed, 0 <= SEED < 2**64 [default: random].")
-@click.option("--sampler-type", default=DEFAULTS["sampler_type"], show_default=True, metavar="NAME",
+@click.option("--sampler-type", metavar="NAME",
               help=f"The sampling algorithm: {', '.join(SAMPLER_TYPES)}, or an AUTOMATIC1111 name such as "
-              '"DPM++ 2M Karras" or "Euler a".')
+              f'"DPM++ 2M Karras" or "Euler a" [default: the model\'s; else {DEFAULTS["sampler_type"]}].')
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS["schedule"], show_default=True,
               help="The noise levels the k-samplers step through (uniform: the model's own timesteps).")
 @click.option("--ddim-eta", type=float, default=DEFAULTS["ddim_eta"], show_default=True,

@@ -31,6 +31,9 @@ class ModelSpec:
     # Per-model values of modules.diffusion.DiffusionSettings that override the architecture config's
     # (default_size, timestep_spacing): a Turbo model shares its architecture yaml with the model it was distilled from.
     settings: tuple[tuple[str, Any], ...] = ()
+    # Per-model defaults of ImaginePrompt fields (steps, prompt_strength, sampler_type) that a prompt leaves unset:
+    # the few-step Turbo models are sampled with 1 step, no guidance and Euler ancestral.
+    prompt_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,9 +48,16 @@ def registered_models() -> dict[str, ModelSpec]:
             config_path=CONFIGS_DIR / entry["config"],
             description=entry.get("description", ""),
             settings=tuple(entry.get("settings", {}).items()),
+            prompt_defaults=tuple(entry.get("prompt_defaults", {}).items()),
         )
         for name, entry in entries.items()
     }
+
+
+def model_prompt_defaults(model: str | None) -> dict[str, Any]:
+    """The registry's prompt defaults for a registered model name (nothing for files, URLs and None)."""
+    spec = registered_models().get(model) if model is not None else None
+    return dict(spec.prompt_defaults) if spec is not None else {}
 
 
 def resolve_model(model: str, model_config: str | os.PathLike | None = None) -> ModelSpec:

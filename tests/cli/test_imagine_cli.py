@@ -233,6 +233,13 @@ def test_a1111_sampler_names_and_schedules_reach_the_prompt(monkeypatch, args, e
     assert (seen[0].sampler_type, seen[0].schedule) == expected
 
 
+def test_a_turbo_model_brings_its_own_steps_guidance_and_sampler(monkeypatch):
+    seen = capture_prompts(monkeypatch)
+    assert CliRunner().invoke(imagine_cmd, ["a fox", "--model", "sdxl-turbo"]).exit_code == 0
+    assert CliRunner().invoke(imagine_cmd, ["a fox", "--model", "sdxl-turbo", "--steps", "4"]).exit_code == 0
+    assert [(p.steps, p.prompt_strength, p.sampler_type) for p in seen] == [(1, 0.0, "k_euler_a"), (4, 0.0, "k_euler_a")]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--sampler-type", "bogus"], "sampler_type 'bogus' is not supported"),
     (["--sampler-type", "ddim", "--schedule", "karras"], "applies to the k-samplers only"),

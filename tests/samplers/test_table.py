@@ -85,7 +85,7 @@ def test_prompt_normalises_sampler_names_and_schedules(settings, expected):
         ({"sampler_type": "DPM++ 2M Karras", "schedule": "exponential"}, "names the 'karras' schedule"),
         ({"sampler_type": "ddim", "schedule": "karras"}, "applies to the k-samplers only"),
         ({"sampler_type": "k_dpm_fast", "schedule": "karras"}, "applies to the k-samplers only"),
-        ({"sampler_type": None}, "sampler_type None is not supported"),
+        ({"sampler_type": 7}, "sampler_type 7 is not supported"),
     ],
 )
 def test_prompt_refuses_schedules_it_cannot_apply(settings, message):

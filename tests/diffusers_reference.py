@@ -16,10 +16,8 @@ from imaginairy.samplers import NoiseSchedule
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 
 
-def diffusers_pipeline(pipeline_class, weights_path: Path, scheduler, **components):
-    """`pipeline_class` (StableDiffusionPipeline, StableDiffusionInpaintPipeline) with the UNet and VAE of the
-    checkpoint at `weights_path`, converted by diffusers; the text encoder is left out (tests pass prompt_embeds).
-    `components` are further pipeline components (a ControlNet pipeline's `controlnet`)."""
+def diffusers_unet_and_vae(weights_path: Path) -> tuple[UNet2DConditionModel, AutoencoderKL]:
+    """The UNet and VAE of the CompVis checkpoint at `weights_path` (its yaml beside it), converted by diffusers."""
     checkpoint = load_state_dict(weights_path)
     original_config = yaml.safe_load(weights_path.with_suffix(".yaml").read_text())
     unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, checkpoint)
@@ -28,6 +26,14 @@ def diffusers_pipeline(pipeline_class, weights_path: Path, scheduler, **componen
     vae_config = convert.create_vae_diffusers_config_from_ldm(original_config, checkpoint)
     vae = AutoencoderKL(**vae_config)
     vae.load_state_dict(convert.convert_ldm_vae_checkpoint(checkpoint, vae_config))
+    return unet, vae
+
+
+def diffusers_pipeline(pipeline_class, weights_path: Path, scheduler, **components):
+    """`pipeline_class` (StableDiffusionPipeline, StableDiffusionInpaintPipeline) with the UNet and VAE of the
+    checkpoint at `weights_path`, converted by diffusers; the text encoder is left out (tests pass prompt_embeds).
+    `components` are further pipeline components (a ControlNet pipeline's `controlnet`)."""
+    unet, vae = diffusers_unet_and_vae(weights_path)
     return pipeline_class(vae=vae.eval(), text_encoder=None, tokenizer=None, unet=unet.eval(), scheduler=scheduler,
                           safety_checker=None, feature_extractor=None, requires_safety_checker=False, **components)
 

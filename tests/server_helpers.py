@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 
@@ -97,3 +98,12 @@ class StallingProxy:
                 destination.sendall(data)
             except OSError:
                 return
+
+
+def wait_for(condition, timeout: float = 30.0) -> float:
+    """Poll `condition` until true; returns the seconds it took (fails the test on timeout)."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "timed out waiting for the server"
+        time.sleep(0.02)
+    return time.monotonic() - start

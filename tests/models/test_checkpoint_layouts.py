@@ -8,9 +8,7 @@ import json
 
 import pytest
 import torch
-import yaml
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders import single_file_utils as convert
+from diffusers_reference import diffusers_unet_and_vae
 
 from imaginairy.errors import IncompatibleModelError
 from imaginairy.models import checkpoint_layouts, loading
@@ -73,13 +71,7 @@ def test_missing_components_come_from_the_family_default(monkeypatch, tiny_model
 def test_diffusers_folder_and_single_file(tmp_path, tiny_models, base):
     weights_path = tiny_models["tiny-sd15"]
     checkpoint = load_state_dict(weights_path)
-    original_config = yaml.safe_load(weights_path.with_suffix(".yaml").read_text())
-    unet_config = convert.create_unet_diffusers_config_from_ldm(original_config, checkpoint)
-    unet = UNet2DConditionModel(**unet_config)
-    unet.load_state_dict(convert.convert_ldm_unet_checkpoint(checkpoint, unet_config))
-    vae_config = convert.create_vae_diffusers_config_from_ldm(original_config, checkpoint)
-    vae = AutoencoderKL(**vae_config)
-    vae.load_state_dict(convert.convert_ldm_vae_checkpoint(checkpoint, vae_config))
+    unet, vae = diffusers_unet_and_vae(weights_path)
     prefix = "cond_stage_model.transformer."
     text_encoder = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
     folder = tmp_path / "tiny-diffusers"

@@ -12,17 +12,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_helpers import CALL_TIMEOUT, SIZE
+from server_helpers import CALL_TIMEOUT, SIZE, wait_for
 
 LONG_STEPS = 150
 
-
-def wait_for(condition, timeout: float = 30.0) -> float:
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, "timed out waiting for the server"
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def b64_png(img) -> str:

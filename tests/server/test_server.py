@@ -15,7 +15,17 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from server_helpers import CALL_TIMEOUT, SIZE, TOKEN, decoded, image_artifacts, png_bytes, settings_of, text_request
+from server_helpers import (
+    CALL_TIMEOUT,
+    SIZE,
+    TOKEN,
+    decoded,
+    image_artifacts,
+    png_bytes,
+    settings_of,
+    text_request,
+    wait_for,
+)
 from stability_sdk import api
 from stability_sdk.client import StabilityInference
 from stability_sdk.interfaces.gooseai.engines import engines_pb2
@@ -28,14 +38,6 @@ LONG_STEPS = 150  # a generation that runs until it is cancelled
 def client(server, engine: str = "tiny") -> StabilityInference:
     return StabilityInference(host=server.address, engine=engine, wait_for_ready=False)
 
-
-def wait_for(condition, timeout: float = 30.0) -> float:
-    """Poll `condition` until true; returns the seconds it took (fails the test on timeout)."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, "timed out waiting for the server"
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def rpc_error(call) -> grpc.RpcError:

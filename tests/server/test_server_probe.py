@@ -8,10 +8,10 @@ import time
 
 import grpc
 import pytest
-from server_helpers import CALL_TIMEOUT, StallingProxy, image_artifacts, settings_of, text_request
+from server_helpers import CALL_TIMEOUT, StallingProxy, image_artifacts, settings_of, text_request, wait_for
 from stability_sdk.interfaces.gooseai.generation import generation_pb2 as generation
 from stability_sdk.interfaces.gooseai.generation import generation_pb2_grpc
-from test_server import long_call, rpc_error, wait_for
+from test_server import long_call, rpc_error
 
 from imaginairy.server import protocol
 from imaginairy.server.limits import MAX_PROMPT_CHARS

@@ -359,7 +359,8 @@ def _weighted_prompts(value: PromptInput, field: str) -> list[WeightedPrompt]:
         elif isinstance(item, dict):
             if not {"text"} <= item.keys() <= {"text", "weight"}:
                 raise InvalidInputError(
-                    f"{field} as a dict must have the keys 'text' and optionally 'weight'; got {sorted(map(str, item))}."
+                    f"{field} as a dict must have the keys 'text' and optionally 'weight'; "
+                    f"got {sorted(map(str, item))}."
                 )
             item = WeightedPrompt(**item)
         elif not isinstance(item, WeightedPrompt):
@@ -554,7 +555,7 @@ def _check_mask_prompt(value: Any) -> str | None:
     if not isinstance(value, str):
         raise InvalidInputError(f"mask_prompt must be a mask expression string, got {type(value).__name__}.")
     if not value.strip():
-        raise InvalidInputError("mask_prompt is empty: say what to edit, e.g. \"fruit OR fruit stem\" (or leave it out).")
+        raise InvalidInputError('mask_prompt is empty: say what to edit, e.g. "fruit OR fruit stem" (or leave it out).')
     from imaginairy.masking.expression import parse_mask_expression
 
     parse_mask_expression(value)

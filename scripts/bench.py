@@ -567,7 +567,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="txt2img sampler steps")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per task (after one warm-up round)")
-    parser.add_argument("--txt2img-repeats", type=int, default=1, help="timed rounds of txt2img (no warm-up after unet)")
+    parser.add_argument(
+        "--txt2img-repeats", type=int, default=1, help="timed rounds of txt2img (no warm-up after unet)"
+    )
     parser.add_argument("--workdir", type=Path, help="where the random weights are kept (default: a temp dir)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -630,7 +632,8 @@ def main() -> None:
         for precision in args.precisions.split(","):
             vae = run_one_shot("vae", {"workdir": str(workdir), "precision": precision})
             results[f"vae2048_{precision}"] = vae
-            print(f"2048x2048 VAE decode ({precision}, tiled): {vae['seconds']:.1f} s, peak RSS {vae['peak_mb']:.0f} MB",
+            print(f"2048x2048 VAE decode ({precision}, tiled): {vae['seconds']:.1f} s, "
+                  f"peak RSS {vae['peak_mb']:.0f} MB",
                   flush=True)  # fmt: skip
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"results in {workdir / 'results.json'}")

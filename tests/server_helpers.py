@@ -25,7 +25,9 @@ def text_request(text: str = "a red apple", engine: str = "tiny", *, steps: int 
 
 
 def image_artifacts(answers) -> list[generation.Artifact]:
-    return [artifact for answer in answers for artifact in answer.artifacts if artifact.type == generation.ARTIFACT_IMAGE]
+    return [
+        artifact for answer in answers for artifact in answer.artifacts if artifact.type == generation.ARTIFACT_IMAGE
+    ]
 
 
 def decoded(artifact: generation.Artifact):

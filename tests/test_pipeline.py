@@ -303,8 +303,13 @@ def test_nan_weights_fail_naming_the_broken_file_instead_of_a_black_image(nan_we
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
 
 
-@pytest.mark.parametrize(("precision", "advice"), [("fp16", "fp16 overflowed: try --precision bf16 or --precision full"),
-                                                   ("full", "full arithmetic overflowed: try --precision full")])
+@pytest.mark.parametrize(
+    ("precision", "advice"),
+    [
+        ("fp16", "fp16 overflowed: try --precision bf16 or --precision full"),
+        ("full", "full arithmetic overflowed: try --precision full"),
+    ],
+)
 def test_non_finite_pixels_from_finite_weights_suggest_another_precision(tiny_models, cache, precision, advice):
     from imaginairy.errors import NonFiniteOutputError
 

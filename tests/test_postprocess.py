@@ -171,7 +171,9 @@ def test_helper_weights_come_from_their_environment_variable(tmp_path, monkeypat
     assert REALESRGAN.resolve() == path
     assert load_upscaler(device="cpu").architecture.id == "ESRGAN"
     monkeypatch.setenv("IMAGINAIRY_REALESRGAN_MODEL", str(tmp_path / "nope.pth"))
-    with pytest.raises(ModelNotFoundError, match="RealESRGAN upscaler weights from IMAGINAIRY_REALESRGAN_MODEL: .*nope"):
+    with pytest.raises(
+        ModelNotFoundError, match="RealESRGAN upscaler weights from IMAGINAIRY_REALESRGAN_MODEL: .*nope"
+    ):
         REALESRGAN.resolve()
 
 
@@ -206,6 +208,18 @@ def test_make_tiny_models_writes_every_helper_model_and_the_settings_that_find_t
     for variable, value in settings.items():
         monkeypatch.setenv(variable, value)
     Image.new("RGB", (64, 64)).save(tmp_path / "init.png")
-    fetch_weights_first([ImaginePrompt("a dog", model=str(tiny_models["tiny-sd15"]), init_image=str(tmp_path / "init.png"),
-                                       mask_prompt="dog", fix_faces=True, upscale=True, caption=True,
-                                       safety_mode="filter")], Settings.from_environment())
+    fetch_weights_first(
+        [
+            ImaginePrompt(
+                "a dog",
+                model=str(tiny_models["tiny-sd15"]),
+                init_image=str(tmp_path / "init.png"),
+                mask_prompt="dog",
+                fix_faces=True,
+                upscale=True,
+                caption=True,
+                safety_mode="filter",
+            )
+        ],
+        Settings.from_environment(),
+    )

@@ -194,8 +194,9 @@ def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
 def test_sdxl_weighted_prompts_average_context_and_pooled_alike(tiny_models):
     from imaginairy.schema import WeightedPrompt
 
-    prompt = ImaginePrompt([WeightedPrompt("a cat", 1), WeightedPrompt("a dog", 3)], model=str(tiny_models["tiny-sdxl"]),
-                           precision="full")
+    prompt = ImaginePrompt(
+        [WeightedPrompt("a cat", 1), WeightedPrompt("a dog", 3)], model=str(tiny_models["tiny-sdxl"]), precision="full"
+    )
     model = load_model(prompt, "cpu", ModelCache(max_bytes=2**30))
     with torch.inference_mode():
         context, pooled = pipeline.weighted_text_conditioning(model, prompt.prompts)
@@ -228,9 +229,13 @@ def test_sdxl_checkpoint_without_text_encoders_is_one_clear_error(tiny_models, t
     from imaginairy.errors import ModelLoadError
     from imaginairy.models.weights import load_state_dict, save_state_dict
 
-    state_dict = {k: v for k, v in load_state_dict(tiny_models["tiny-sdxl"]).items() if not k.startswith("conditioner.")}
+    state_dict = {
+        k: v for k, v in load_state_dict(tiny_models["tiny-sdxl"]).items() if not k.startswith("conditioner.")
+    }
     path = tmp_path / "no-text-encoders.safetensors"
     save_state_dict(state_dict, path)
-    prompt = ImaginePrompt("a red apple", model=str(path), model_config=str(tiny_models["tiny-sdxl"].with_suffix(".yaml")))
+    prompt = ImaginePrompt(
+        "a red apple", model=str(path), model_config=str(tiny_models["tiny-sdxl"].with_suffix(".yaml"))
+    )
     with pytest.raises(ModelLoadError, match="has no text encoders weights.*complete SDXL checkpoint"):
         load_model(prompt, "cpu", ModelCache(max_bytes=2**30))

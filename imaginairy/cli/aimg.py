@@ -161,8 +161,12 @@ def describe(ctx: click.Context, images: tuple[str, ...]) -> None:
 @click.option("--model", "weights", metavar="LOCATION",
               help="Upscaler weights: a file path, an https:// URL or hf://owner/repo/file"
                    " [default: $IMAGINAIRY_REALESRGAN_MODEL, else RealESRGAN x4plus].")
-@click.option("--output-file-extension", type=click.Choice(OUTPUT_FILE_EXTENSIONS), default=DEFAULT_OUTPUT_FILE_EXTENSION,
-              show_default=True)
+@click.option(
+    "--output-file-extension",
+    type=click.Choice(OUTPUT_FILE_EXTENSIONS),
+    default=DEFAULT_OUTPUT_FILE_EXTENSION,
+    show_default=True,
+)
 @click.pass_context
 def upscale(ctx: click.Context, images: tuple[str, ...], outdir: str, weights: str | None,
             output_file_extension: str) -> None:

@@ -112,8 +112,11 @@ class ImagineCommand(click.Command):
               show_default=True, help="0 = the restorer's own face, 1 = closest to the generated face.")
 @click.option("--upscale", is_flag=True, help="Upscale the image 4x with RealESRGAN.")
 @click.option("--caption", is_flag=True, help="Describe the finished image with BLIP (printed and stored).")
-@click.option("--safety-mode", type=click.Choice(SAFETY_MODES),
-              help="NSFW check: off, classify (flag it), filter (blur it) [default: $IMAGINAIRY_SAFETY_MODE or classify].")
+@click.option(
+    "--safety-mode",
+    type=click.Choice(SAFETY_MODES),
+    help="NSFW check: off, classify (flag it), filter (blur it) [default: $IMAGINAIRY_SAFETY_MODE or classify].",
+)
 @click.option("--output-file-extension", type=click.Choice(OUTPUT_FILE_EXTENSIONS),
               default=DEFAULT_OUTPUT_FILE_EXTENSION, show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=DEFAULT_LOG_LEVEL,

@@ -44,8 +44,14 @@ from imaginairy.server.defaults import (
                    "TOKEN as the password).")
 @click.option("--max-queue", type=click.IntRange(min=0), default=DEFAULT_MAX_QUEUE, show_default=True,
               help="Requests that may wait while one generates; more are refused with RESOURCE_EXHAUSTED.")
-@click.option("--vram-mode", type=click.Choice(VRAM_MODES), default="high", show_default=True,
-              help="high: models stay on the device; mid: half precision on a GPU; low: also only the running submodel on the device.")
+@click.option(
+    "--vram-mode",
+    type=click.Choice(VRAM_MODES),
+    default="high",
+    show_default=True,
+    help="high: models stay on the device; mid: half precision on a GPU; low: also only the running submodel on "
+    "the device.",
+)
 @click.option("--device", help="Torch device to generate on, e.g. cuda:1 or cpu [default: the best available].")
 @click.option("--no-metadata", is_flag=True, help="Do not embed the generation settings in the PNGs sent back.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),

@@ -66,7 +66,9 @@ def image_model_from_state_dict(state_dict: dict, *, source: str = "state dict")
             f" {first_line(err)}); the file may be damaged or a variant we do not support"
         ) from err
     if not isinstance(model, ImageModelDescriptor):
-        raise ModelLoadError(f"Cannot load {source}: it is a {model.architecture.name} model, not an image-to-image model")
+        raise ModelLoadError(
+            f"Cannot load {source}: it is a {model.architecture.name} model, not an image-to-image model"
+        )
     return model
 
 

@@ -44,7 +44,9 @@ def load_model_config(path: str | Path) -> dict:
     except Exception as e:
         raise ModelLoadError(f"model config {path} is not a CompVis-style model config: {e}") from e
     if target not in TEXT_ENCODERS:
-        raise ModelLoadError(f"model config {path}: text encoder {target!r} is not supported ({', '.join(TEXT_ENCODERS)})")
+        raise ModelLoadError(
+            f"model config {path}: text encoder {target!r} is not supported ({', '.join(TEXT_ENCODERS)})"
+        )
     return config
 
 

@@ -80,7 +80,9 @@ def resolve_model(model: str, model_config: str | os.PathLike | None = None) -> 
             config_path = sidecar
         return ModelSpec(name=path.stem, weights=str(path), config_path=config_path)
     if path.is_dir():
-        raise ModelNotFoundError(f"--model {model} is a folder, not a weights file: give the .safetensors or .ckpt file")
+        raise ModelNotFoundError(
+            f"--model {model} is a folder, not a weights file: give the .safetensors or .ckpt file"
+        )
     if path.exists():
         raise ModelNotFoundError(f"--model {model} is not a regular file: give a .safetensors or .ckpt file")
     if path.suffix in WEIGHTS_SUFFIXES or os.sep in model:

@@ -409,7 +409,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
             header_bytes = int.from_bytes(file.read(SAFETENSORS_LENGTH_BYTES), "little")
             header_limit = min(path.stat().st_size - SAFETENSORS_LENGTH_BYTES, MAX_SAFETENSORS_HEADER_BYTES)
             if not 0 < header_bytes <= header_limit:
-                raise ValueError(f"its header length field says {header_bytes} bytes; the file has room for {header_limit}")
+                raise ValueError(
+                    f"its header length field says {header_bytes} bytes; the file has room for {header_limit}"
+                )
             header = json.loads(file.read(header_bytes))
             if not isinstance(header, dict):
                 raise ValueError("its header is not a JSON object")

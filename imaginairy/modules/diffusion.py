@@ -61,7 +61,9 @@ class DiffusionWrapper(nn.Module):
 
 
 class LatentDiffusion(nn.Module):
-    def __init__(self, unet: UNetModel, autoencoder: AutoencoderKL, text_encoder: nn.Module, settings: DiffusionSettings):
+    def __init__(
+        self, unet: UNetModel, autoencoder: AutoencoderKL, text_encoder: nn.Module, settings: DiffusionSettings
+    ):
         super().__init__()
         self.model = DiffusionWrapper(unet)
         self.first_stage_model = autoencoder
@@ -102,7 +104,9 @@ class LatentDiffusion(nn.Module):
         table = torch.tensor(values, dtype=torch.float32, device=pooled.device).expand(pooled.shape[0], -1)
         y = torch.cat([pooled.float(), size_embedding(table)], dim=1)
         if y.shape[1] != self.unet.adm_in_channels:
-            raise ValueError(f"SDXL added embedding has {y.shape[1]} features, the UNet takes {self.unet.adm_in_channels}")
+            raise ValueError(
+                f"SDXL added embedding has {y.shape[1]} features, the UNet takes {self.unet.adm_in_channels}"
+            )
         return y
 
     def encode_image(self, pixels: torch.Tensor, tiled: bool = False) -> torch.Tensor:
@@ -136,7 +140,9 @@ class LatentDiffusion(nn.Module):
 
 def half_precision_overflows(z: torch.Tensor) -> bool:
     """Whether the VAE would run on `z` in float16: its dtype, or float16 autocast on its device."""
-    autocast_half = torch.is_autocast_enabled(z.device.type) and torch.get_autocast_dtype(z.device.type) == torch.float16
+    autocast_half = (
+        torch.is_autocast_enabled(z.device.type) and torch.get_autocast_dtype(z.device.type) == torch.float16
+    )
     return z.dtype == torch.float16 or autocast_half
 
 

@@ -154,8 +154,13 @@ def _grpc_server(config: ServerConfig, engines, generation_queue) -> tuple[grpc.
         maximum_concurrent_rpcs=handler_threads,
     )
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(
-        GenerationService(engines, generation_queue,
-                          ServiceSettings(config.keepalive_seconds, config.embed_metadata, config.send_timeout_seconds)), server)
+        GenerationService(
+            engines,
+            generation_queue,
+            ServiceSettings(config.keepalive_seconds, config.embed_metadata, config.send_timeout_seconds),
+        ),
+        server,
+    )
     server.add_generic_rpc_handlers([engines_service_handler(engines)])
     return server, _bind(server, config.host, config.port)
 

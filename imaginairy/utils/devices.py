@@ -37,7 +37,9 @@ def as_device(device: torch.device | str, source: str = "device") -> torch.devic
 def check_device_available(device: torch.device, source: str = "device") -> None:
     """InvalidInputError when `device` is a CUDA or MPS device this machine (or this torch build) does not have."""
     if device.type == "cuda" and not torch.cuda.is_available():
-        missing = "an NVIDIA GPU with its driver" if torch.version.cuda else f"a CUDA build of torch ({torch.__version__})"
+        missing = (
+            "an NVIDIA GPU with its driver" if torch.version.cuda else f"a CUDA build of torch ({torch.__version__})"
+        )
         raise InvalidInputError(f"{source}={str(device)!r}, but this machine has no usable CUDA device (it needs"
                                 f" {missing}); use cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -61,7 +61,8 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
 
     With the files' hashes in `metadata` (imaginairy.api.resource_metadata), the resources are named as A1111 names
     them, so model sites recognise them: "Model hash" (10 hex), "VAE hash" + "VAE" (the file name), "Lora hashes"
-    ("name: 12 hex, ..."), "TI hashes" (the embeddings a prompt triggered, likewise), and each LoRA as a `<lora:name:weight>` tag at the end of the prompt.
+    ("name: 12 hex, ..."), "TI hashes" (the embeddings a prompt triggered, likewise), and each LoRA as a
+    `<lora:name:weight>` tag at the end of the prompt.
     """
     settings = {
         "Steps": metadata["steps"],

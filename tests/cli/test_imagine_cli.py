@@ -84,7 +84,9 @@ def bad_model_files(tmp_path, tiny_models):
     (tmp_path / "random.safetensors").write_bytes(random.Random(0).randbytes(4096))
     (tmp_path / "huge-header.safetensors").write_bytes((2**60).to_bytes(8, "little") + b"{" + b" " * 100)
     sd15_config = tiny_models["tiny-sd15"].with_suffix(".yaml").read_text()
-    (tmp_path / "no-z.yaml").write_text("".join(line for line in sd15_config.splitlines(True) if "z_channels" not in line))
+    (tmp_path / "no-z.yaml").write_text(
+        "".join(line for line in sd15_config.splitlines(True) if "z_channels" not in line)
+    )
     sd21_config = tiny_models["tiny-sd21-v"].with_suffix(".yaml").read_text()
     assert "layer: penultimate" in sd21_config
     (tmp_path / "pooled.yaml").write_text(sd21_config.replace("layer: penultimate", "layer: pooled"))
@@ -237,7 +239,10 @@ def test_a_turbo_model_brings_its_own_steps_guidance_and_sampler(monkeypatch):
     seen = capture_prompts(monkeypatch)
     assert CliRunner().invoke(imagine_cmd, ["a fox", "--model", "sdxl-turbo"]).exit_code == 0
     assert CliRunner().invoke(imagine_cmd, ["a fox", "--model", "sdxl-turbo", "--steps", "4"]).exit_code == 0
-    assert [(p.steps, p.prompt_strength, p.sampler_type) for p in seen] == [(1, 0.0, "k_euler_a"), (4, 0.0, "k_euler_a")]
+    assert [(p.steps, p.prompt_strength, p.sampler_type) for p in seen] == [
+        (1, 0.0, "k_euler_a"),
+        (4, 0.0, "k_euler_a"),
+    ]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -267,8 +272,11 @@ def test_usage_errors_come_back_before_torch_is_imported(tmp_path):
     """An unknown model, a model file that is not there and an init image that is not an image are reported by a
     process that never imported torch (so in well under a second on an idle machine)."""
     (tmp_path / "text.jpg").write_text("not an image")
-    cases = [(["--model", "sd-9"], "unknown model 'sd-9'"), (["--model", str(tmp_path / "m.safetensors")], "m.safetensors"),
-             (["--init-image", str(tmp_path / "text.jpg")], "Not an image file")]
+    cases = [
+        (["--model", "sd-9"], "unknown model 'sd-9'"),
+        (["--model", str(tmp_path / "m.safetensors")], "m.safetensors"),
+        (["--init-image", str(tmp_path / "text.jpg")], "Not an image file"),
+    ]
     for args, message in cases:
         code = ("import sys; from imaginairy.cli.imagine import imagine_cmd\n"
                 f"try:\n    imagine_cmd({['a dog', *args]!r})\n"

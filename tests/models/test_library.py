@@ -58,7 +58,9 @@ def test_unknown_name_lists_close_matches(folder):
 def test_models_dir_from_the_environment_once(tmp_path):
     from imaginairy.settings import Settings
 
-    assert Settings.from_environment({library.MODELS_DIR_ENV: str(tmp_path / "env")}).models_dir == str(tmp_path / "env")
+    assert Settings.from_environment({library.MODELS_DIR_ENV: str(tmp_path / "env")}).models_dir == str(
+        tmp_path / "env"
+    )
     assert Settings.from_environment({}).models_dir is None
     assert library.models_dir("~/models") == library.Path("~/models").expanduser()
     assert library.models_dir(None) is None

@@ -237,7 +237,9 @@ def test_webuiapi_defaults_are_accepted_as_off(http_api):
                    prompt="a dog", width=SIZE, height=SIZE)
 
 
-def test_models_folder_loras_and_embeddings_are_listed_and_loras_used(make_server, tiny_loras, tiny_embeddings, tmp_path):
+def test_models_folder_loras_and_embeddings_are_listed_and_loras_used(
+    make_server, tiny_loras, tiny_embeddings, tmp_path
+):
     import shutil
 
     import webuiapi

@@ -102,8 +102,10 @@ def test_an_answer_too_large_for_one_message_carries_the_generated_image(monkeyp
     from imaginairy.server import protocol
 
     noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    result = ImagineResult({"generated": Image.new("RGB", (64, 64), "red"), "modified_original": Image.fromarray(noise)},
-                           ImaginePrompt("x", seed=1))
+    result = ImagineResult(
+        {"generated": Image.new("RGB", (64, 64), "red"), "modified_original": Image.fromarray(noise)},
+        ImaginePrompt("x", seed=1),
+    )
     assert len(protocol.png_bytes(result, embed_metadata=False)) > 150_000  # the large final image fits
     monkeypatch.setattr(protocol, "MAX_ANSWER_IMAGE_BYTES", 150_000)
     sent = Image.open(io.BytesIO(protocol.png_bytes(result, embed_metadata=True)))

@@ -56,7 +56,8 @@ def decoded(data: str, field: str) -> Image.Image:
 
 
 def prepare(body, settings: dict) -> Edit:
-    """`body` an a1111.Img2ImgRequest: fill `settings` with the init image, strength and mask the request asks for; the Edit that finishes it."""
+    """`body` an a1111.Img2ImgRequest: fill `settings` with the init image, strength and mask the request asks for;
+    the Edit that finishes it."""
     from PIL import Image, ImageFilter
 
     from imaginairy.utils.images import resize_and_crop
@@ -172,7 +173,8 @@ def masked_box(mask: Image.Image, padding: int, width: int, height: int) -> tupl
 
 
 def extras_task(body, img: Image.Image):
-    """`body` an a1111.ExtrasSingleImageRequest: the upscale / face-fix work /extra-single-image asks for, checked now and run later on the device worker."""
+    """`body` an a1111.ExtrasSingleImageRequest: the upscale / face-fix work /extra-single-image asks for, checked
+    now and run later on the device worker."""
     if body.gfpgan_visibility:
         raise HTTPException(422, "gfpgan_visibility: GFPGAN is not available here; use codeformer_visibility.")
     if body.upscaler_2 not in (None, "None") and body.extras_upscaler_2_visibility:

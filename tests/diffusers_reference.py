@@ -143,3 +143,22 @@ def sdxl_pipeline(pipeline_class, weights_path: Path, scheduler, folder: Path):
     pipe = pipeline_class.from_single_file(str(weights_path), config=str(folder), local_files_only=True,
                                            torch_dtype=torch.float32, **components)
     return pipe.to("cpu")
+
+
+def inpainting_start(reference, image, mask, noise, sampler_type: str, steps: int):
+    """What an inpainting reference pipeline starts from, computed as our pipeline does (the VAE posterior's mean):
+    (masked-image latent, the init latent noised to the first timestep, that run's scheduler)."""
+    import torch
+
+    from imaginairy.utils.images import pil_to_tensor
+
+    scale = reference.vae.config.scaling_factor
+    pixels = pil_to_tensor(image)
+    repaint = pil_to_tensor(mask.convert("RGB"))[:, :1] > 0
+    with torch.inference_mode():
+        init_latent = reference.vae.encode(pixels).latent_dist.mean * scale
+        masked_image_latents = reference.vae.encode(pixels * ~repaint).latent_dist.mean * scale
+    start_scheduler, call = scheduler_and_call(sampler_type, steps)
+    start_scheduler.set_timesteps(**call)
+    start = start_scheduler.add_noise(init_latent, noise, start_scheduler.timesteps[:1])
+    return masked_image_latents, start, start_scheduler

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
-from diffusers_reference import scheduler_and_call, sdxl_pipeline
+from diffusers_reference import inpainting_start, scheduler_and_call, sdxl_pipeline
 
 from imaginairy import ImaginePrompt, pipeline
 from imaginairy.models.cache import ModelCache
@@ -152,7 +152,6 @@ def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
     from PIL import Image
 
     from imaginairy.masking.inpaint import prepare_edit
-    from imaginairy.utils.images import pil_to_tensor
 
     weights_path, size, steps = tiny_models["tiny-sdxl-inpainting"], 64, 5
     image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (size, size, 3)).astype(np.uint8))
@@ -171,15 +170,8 @@ def test_sdxl_inpainting_model_matches_diffusers(tiny_models, tmp_path):
     scheduler, call = scheduler_and_call("ddim", steps)
     reference = sdxl_pipeline(StableDiffusionXLInpaintPipeline, weights_path, scheduler, tmp_path / "inpaint-config")
     assert model.settings.is_inpainting and reference.unet.config.in_channels == 9
-    scale = reference.vae.config.scaling_factor
-    pixels = pil_to_tensor(image)
-    repaint = pil_to_tensor(mask.convert("RGB"))[:, :1] > 0
+    masked_image_latents, start, start_scheduler = inpainting_start(reference, image, mask, noise, "ddim", steps)
     with torch.inference_mode():
-        init_latent = reference.vae.encode(pixels).latent_dist.mean * scale
-        masked_image_latents = reference.vae.encode(pixels * ~repaint).latent_dist.mean * scale
-        start_scheduler, _ = scheduler_and_call("ddim", steps)
-        start_scheduler.set_timesteps(**call)
-        start = start_scheduler.add_noise(init_latent, noise, start_scheduler.timesteps[:1])
         reference_latent = reference(
             prompt="a red apple", negative_prompt="blurry", image=image, mask_image=mask,
             masked_image_latents=masked_image_latents, latents=start / start_scheduler.init_noise_sigma,

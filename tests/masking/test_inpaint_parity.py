@@ -24,14 +24,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionInpaintPipeline
-from diffusers_reference import diffusers_pipeline, scheduler_and_call
+from diffusers_reference import diffusers_pipeline, inpainting_start, scheduler_and_call
 from PIL import Image
 
 from imaginairy import ImaginePrompt, pipeline
 from imaginairy.masking.inpaint import prepare_edit
 from imaginairy.models.cache import ModelCache
 from imaginairy.models.runtime import load_model
-from imaginairy.utils.images import pil_to_tensor
 
 LATENT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
 SIZE = 64
@@ -65,15 +64,8 @@ def test_inpainting_model_matches_diffusers(tiny_models, sampler_type):
     scheduler, call = scheduler_and_call(sampler_type, STEPS)
     reference = diffusers_pipeline(StableDiffusionInpaintPipeline, weights_path, scheduler)
     assert reference.unet.config.in_channels == 9
-    scale = reference.vae.config.scaling_factor
-    pixels = pil_to_tensor(image)
-    repaint = pil_to_tensor(mask.convert("RGB"))[:, :1] > 0
+    masked_image_latents, start, start_scheduler = inpainting_start(reference, image, mask, noise, sampler_type, STEPS)
     with torch.inference_mode():
-        init_latent = reference.vae.encode(pixels).latent_dist.mean * scale
-        masked_image_latents = reference.vae.encode(pixels * ~repaint).latent_dist.mean * scale
-        start_scheduler, _ = scheduler_and_call(sampler_type, STEPS)
-        start_scheduler.set_timesteps(**call)
-        start = start_scheduler.add_noise(init_latent, noise, start_scheduler.timesteps[:1])
         reference_latent = reference(
             prompt_embeds=cond, negative_prompt_embeds=uncond, image=image, mask_image=mask,
             masked_image_latents=masked_image_latents, latents=start / start_scheduler.init_noise_sigma,
